@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# cargo-pgrx and Garage, built from crates.io once and kept in ~/.cargo/bin.
+source "$(dirname "$0")/common.sh"
+
+installed_version() { "$1" --version 2>/dev/null | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' | head -n1 || true; }
+
+if [ "$(installed_version cargo-pgrx)" != "$PGRX_VERSION" ]; then
+    log "building cargo-pgrx $PGRX_VERSION (about 4 minutes on 2 cores)"
+    cargo install cargo-pgrx --version "$PGRX_VERSION" --locked --quiet
+fi
+if [ "$(installed_version garage)" != "$GARAGE_VERSION" ]; then
+    log "building garage $GARAGE_VERSION (about 7 minutes on 2 cores)"
+    cargo install garage --version "$GARAGE_VERSION" --locked --quiet \
+        --no-default-features --features bundled-libs,lmdb
+fi

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# A PostgreSQL 17 cluster (the patched build) on 127.0.0.1:$PGPORT for the
+# demo and the tests, run as $YZ_OS_USER.
+#   pg.sh init [--no-yezzey]   create the cluster (yezzey preloaded unless told)
+#   pg.sh start|stop|restart|status
+#   pg.sh crash                kill -9 the postmaster (crash-recovery tests)
+#   pg.sh env                  print PG* variables for psql
+source "$(dirname "$0")/common.sh"
+
+PGDATA=${YEZZEY_PGDATA:-$YZ_RUN/pgdata}
+SOCKDIR=$YZ_RUN/pgsock
+BIN=$PG_PREFIX/bin
+
+init() {
+    [ -x "$BIN/initdb" ] || die "PostgreSQL is not built: run scripts/build-postgres.sh"
+    local preload="yezzey"
+    [ "${1:-}" = "--no-yezzey" ] && preload=""
+    stop 2>/dev/null || true
+    rm -rf "$PGDATA"
+    mkdir -p "$PGDATA" "$SOCKDIR"
+    [ "$(id -u)" = 0 ] && chown "$YZ_OS_USER" "$PGDATA" "$SOCKDIR" "$YZ_RUN"
+    as_pg "$BIN/initdb" -D "$PGDATA" -U postgres --data-checksums -A trust -E UTF8 --locale=C >"$YZ_RUN/initdb.log" 2>&1 \
+        || { cat "$YZ_RUN/initdb.log"; die "initdb failed"; }
+    cat >> "$PGDATA/postgresql.conf" <<CONF
+
+# --- yezzey demo/test cluster ---
+listen_addresses = '127.0.0.1'
+port = $PGPORT
+unix_socket_directories = '$SOCKDIR'
+shared_preload_libraries = '$preload'
+max_connections = 60
+shared_buffers = 256MB
+fsync = on
+logging_collector = off
+log_min_messages = warning
+CONF
+}
+
+start() {
+    as_pg "$BIN/pg_ctl" -D "$PGDATA" -l "$YZ_RUN/postgres.log" -w -t 60 start >/dev/null \
+        || { tail -30 "$YZ_RUN/postgres.log"; die "postgres did not start"; }
+}
+
+stop() {
+    [ -f "$PGDATA/postmaster.pid" ] || return 0
+    as_pg "$BIN/pg_ctl" -D "$PGDATA" -m fast -w -t 60 stop >/dev/null
+}
+
+crash() {
+    local pid
+    pid=$(head -1 "$PGDATA/postmaster.pid")
+    kill -9 "$pid"
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    # Children notice the postmaster's death and exit; wait for them.
+    for _ in $(seq 1 100); do pgrep -u "$YZ_OS_USER" -f "postgres:" >/dev/null || break; sleep 0.1; done
+}
+
+case "${1:-}" in
+    init) init "${2:-}" ;;
+    start) start ;;
+    stop) stop ;;
+    restart) stop; start ;;
+    crash) crash ;;
+    status) as_pg "$BIN/pg_ctl" -D "$PGDATA" status ;;
+    env) printf 'export PGHOST=%s PGPORT=%s PGUSER=postgres PATH=%s:$PATH\n' "$SOCKDIR" "$PGPORT" "$BIN" ;;
+    *) die "usage: $0 init [--no-yezzey]|start|stop|restart|crash|status|env" ;;
+esac

@@ -1,0 +1,63 @@
+//! Safe Rust face of the C storage-manager shim (`yezzey_smgr.c`).
+//!
+//! The shim registers yezzey's `f_smgr` with the patched PostgreSQL and
+//! forwards to md; this crate only exposes installation and per-backend
+//! statistics. All functions must be called from a PostgreSQL process's main
+//! thread: the counters are plain process-local statics.
+
+#[allow(non_camel_case_types, non_upper_case_globals, dead_code)]
+mod ffi {
+    include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
+}
+
+use std::ffi::CStr;
+
+/// Registers yezzey's storage manager and installs the selection hook.
+///
+/// # Safety
+/// Must be called from `_PG_init` while `shared_preload_libraries` load: the
+/// patched `smgr_register` raises an ERROR (a longjmp) otherwise, so callers
+/// check `process_shared_preload_libraries_in_progress` first.
+pub unsafe fn install() -> i32 {
+    ffi::yz_smgr_install()
+}
+
+/// True in processes where [`install`] ran (the postmaster and its children).
+pub fn installed() -> bool {
+    unsafe { ffi::yz_smgr_installed() }
+}
+
+/// One storage-manager entry point and how often this backend called it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallCount {
+    pub call: &'static str,
+    pub count: u64,
+}
+
+/// This backend's storage-manager call counters, in `f_smgr` order.
+pub fn call_counts() -> Vec<CallCount> {
+    let n = ffi::YzSmgrCall::YZ_CALL_COUNT as usize;
+    // SAFETY: both arrays have YZ_CALL_COUNT entries and live for the process.
+    unsafe {
+        let counts = std::slice::from_raw_parts(ffi::yz_smgr_call_counts(), n);
+        let names = std::slice::from_raw_parts(ffi::yz_smgr_call_names.as_ptr(), n);
+        names
+            .iter()
+            .zip(counts)
+            .map(|(&name, &count)| CallCount {
+                call: CStr::from_ptr(name).to_str().unwrap_or("?"),
+                count,
+            })
+            .collect()
+    }
+}
+
+/// How many relations this backend opened through yezzey and through md.
+pub fn opened() -> (u64, u64) {
+    unsafe { (ffi::yz_smgr_opened_yezzey(), ffi::yz_smgr_opened_md()) }
+}
+
+/// Zeroes this backend's counters.
+pub fn reset_call_counts() {
+    unsafe { ffi::yz_smgr_reset_call_counts() }
+}

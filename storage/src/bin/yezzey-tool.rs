@@ -1,0 +1,222 @@
+//! yezzey-tool: operate on yezzey objects directly, without PostgreSQL.
+//!
+//! ```text
+//! yezzey-tool keygen
+//! yezzey-tool [OPTIONS] put FILE NAME      upload FILE as object NAME
+//! yezzey-tool [OPTIONS] get NAME FILE      download and decode NAME into FILE
+//! yezzey-tool [OPTIONS] verify NAME        decode every frame, check every checksum
+//! yezzey-tool [OPTIONS] header NAME        print the trailer as JSON
+//! yezzey-tool [OPTIONS] read NAME OFFSET LEN   write raw bytes to stdout
+//! yezzey-tool [OPTIONS] ls [PREFIX]        list objects
+//! yezzey-tool [OPTIONS] rm NAME            delete an object
+//! ```
+//!
+//! Options (or environment): `--url` (YEZZEY_STORAGE_URL: s3://bucket/prefix
+//! or a directory), `--endpoint` (YEZZEY_S3_ENDPOINT), `--region`
+//! (YEZZEY_S3_REGION), `--key-file` (YEZZEY_KEY_FILE), `--frame-size`,
+//! `--level`, `--cipher aws-lc|rustcrypto`, `--timeout SECS`. S3 credentials
+//! come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the AWS profile.
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use yezzey_storage::crypto::CipherImpl;
+use yezzey_storage::format::{FormatOptions, ObjectLayout};
+use yezzey_storage::keys::{Key, KeyRing};
+use yezzey_storage::reader::{ReadaheadConfig, RemoteReader};
+use yezzey_storage::runtime::block_on;
+use yezzey_storage::store::{AnyStore, Location, ObjectStore, S3Settings};
+use yezzey_storage::upload::{upload, UploadOptions};
+use yezzey_storage::{Error, Result};
+
+struct Opts {
+    flags: HashMap<String, String>,
+    args: Vec<String>,
+}
+
+fn parse_args() -> std::result::Result<Opts, String> {
+    let mut flags = HashMap::new();
+    let mut args = Vec::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        if let Some(f) = a.strip_prefix("--") {
+            let v = it.next().ok_or(format!("--{f} needs a value"))?;
+            flags.insert(f.to_string(), v);
+        } else {
+            args.push(a);
+        }
+    }
+    Ok(Opts { flags, args })
+}
+
+impl Opts {
+    fn get(&self, flag: &str, env: &str) -> Option<String> {
+        self.flags.get(flag).cloned().or_else(|| std::env::var(env).ok()).filter(|s| !s.is_empty())
+    }
+
+    fn num<T: std::str::FromStr>(&self, flag: &str, default: T) -> Result<T> {
+        match self.flags.get(flag) {
+            Some(v) => v.parse().map_err(|_| Error::Config(format!("--{flag} {v:?} is not a number"))),
+            None => Ok(default),
+        }
+    }
+
+    fn keys(&self) -> Result<KeyRing> {
+        match self.get("key-file", "YEZZEY_KEY_FILE") {
+            Some(p) => KeyRing::from_file(&PathBuf::from(p)),
+            None => Ok(KeyRing::none()),
+        }
+    }
+
+    fn cipher(&self) -> Result<CipherImpl> {
+        self.flags.get("cipher").map(|c| c.parse().map_err(Error::Config)).unwrap_or(Ok(CipherImpl::default()))
+    }
+
+    fn store(&self) -> Result<AnyStore> {
+        let url = self
+            .get("url", "YEZZEY_STORAGE_URL")
+            .ok_or_else(|| Error::Config("no storage URL: pass --url or set YEZZEY_STORAGE_URL".into()))?;
+        let timeout = Duration::from_secs(self.num("timeout", 30u64)?);
+        let s3 = S3Settings {
+            endpoint: self.get("endpoint", "YEZZEY_S3_ENDPOINT"),
+            region: self.get("region", "YEZZEY_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
+            request_timeout: timeout,
+            connect_timeout: timeout.min(Duration::from_secs(5)),
+            ..Default::default()
+        };
+        AnyStore::open(&Location::parse(&url)?, &s3)
+    }
+
+    fn arg(&self, i: usize, what: &str) -> Result<&str> {
+        self.args.get(i).map(String::as_str).ok_or_else(|| Error::Config(format!("missing {what}")))
+    }
+}
+
+fn layout(reader: &RemoteReader, name: &str) -> Result<Arc<ObjectLayout>> {
+    block_on(reader.layout(name))
+}
+
+fn run(o: &Opts) -> Result<()> {
+    let cmd = o.arg(0, "command (keygen, put, get, verify, header, read, ls, rm)")?;
+    if cmd == "keygen" {
+        println!("{}", Key::generate().to_hex());
+        return Ok(());
+    }
+    let store = Arc::new(o.store()?);
+    let keys = o.keys()?;
+    let cipher = o.cipher()?;
+    let reader = || -> Result<RemoteReader> {
+        Ok(RemoteReader::new(o.store()?, keys.clone(), cipher, None, ReadaheadConfig::default()))
+    };
+    match cmd {
+        "put" => {
+            let (file, name) = (o.arg(1, "FILE")?, o.arg(2, "NAME")?);
+            let f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
+            let opts = UploadOptions {
+                format: FormatOptions {
+                    frame_size: o.num("frame-size", yezzey_storage::format::DEFAULT_FRAME_SIZE)?,
+                    zstd_level: o.num("level", 1)?,
+                    cipher,
+                },
+                ..Default::default()
+            };
+            let t0 = Instant::now();
+            let up = block_on(upload(&store, name, &keys, &opts, f, |_| {}))?;
+            let secs = t0.elapsed().as_secs_f64();
+            eprintln!(
+                "uploaded {name}: {} raw bytes -> {} stored ({:.1}%), {} frames, {:.0} MB/s",
+                up.trailer.raw_len,
+                up.stored_len,
+                100.0 * up.stored_len as f64 / up.trailer.raw_len.max(1) as f64,
+                up.trailer.frame_count,
+                up.trailer.raw_len as f64 / secs / 1e6
+            );
+            println!("{}", up.trailer.object_id_hex());
+        }
+        "get" | "verify" => {
+            let name = o.arg(1, "NAME")?;
+            let r = reader()?;
+            let l = layout(&r, name)?;
+            let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+            let mut out: Box<dyn Write> = if cmd == "get" {
+                let path = o.arg(2, "FILE")?;
+                Box::new(std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| Error::io(path, e))?))
+            } else {
+                Box::new(std::io::sink())
+            };
+            let fs = l.trailer.frame_size as u64;
+            let mut buf = vec![0u8; fs as usize];
+            let mut off = 0;
+            while off < l.trailer.raw_len {
+                let n = fs.min(l.trailer.raw_len - off) as usize;
+                block_on(r.read(name, off, &mut buf[..n]))?;
+                hasher.update(&buf[..n]);
+                out.write_all(&buf[..n]).map_err(|e| Error::io("output", e))?;
+                off += n as u64;
+            }
+            out.flush().map_err(|e| Error::io("output", e))?;
+            if hasher.digest128().to_le_bytes() != l.trailer.raw_checksum {
+                return Err(Error::corrupt(name, "whole-file checksum mismatch"));
+            }
+            eprintln!("{name}: OK ({} frames, {} raw bytes)", l.trailer.frame_count, l.trailer.raw_len);
+        }
+        "header" => {
+            let name = o.arg(1, "NAME")?;
+            let l = layout(&reader()?, name)?;
+            let t = &l.trailer;
+            let stored: u64 = l.frames.iter().map(|f| f.stored_len as u64).sum();
+            let json = serde_json::json!({
+                "name": name,
+                "format_version": t.version,
+                "object_id": t.object_id_hex(),
+                "encrypted": t.encrypted,
+                "key_id": format!("{:08x}", t.key_id),
+                "compressed": t.compressed,
+                "zstd_level": t.zstd_level,
+                "frame_size": t.frame_size,
+                "frame_count": t.frame_count,
+                "raw_len": t.raw_len,
+                "stored_frame_bytes": stored,
+                "object_len": l.object_len,
+                "raw_xxh3_128": t.raw_checksum_hex(),
+            });
+            println!("{}", serde_json::to_string_pretty(&json).unwrap());
+        }
+        "read" => {
+            let name = o.arg(1, "NAME")?;
+            let off: u64 = o.arg(2, "OFFSET")?.parse().map_err(|_| Error::Config("OFFSET must be a number".into()))?;
+            let len: usize = o.arg(3, "LEN")?.parse().map_err(|_| Error::Config("LEN must be a number".into()))?;
+            let mut buf = vec![0u8; len];
+            reader()?.read_blocking(name, off, &mut buf)?;
+            std::io::stdout().write_all(&buf).map_err(|e| Error::io("stdout", e))?;
+        }
+        "ls" => {
+            let prefix = o.args.get(1).map(String::as_str).unwrap_or("");
+            for m in block_on(store.list(prefix))? {
+                println!("{}\t{}", m.size, m.name);
+            }
+        }
+        "rm" => block_on(store.delete(o.arg(1, "NAME")?))?,
+        other => return Err(Error::Config(format!("unknown command {other:?}"))),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let o = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("yezzey-tool: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&o) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("yezzey-tool: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,504 @@
+//! The local frame cache: decoded frames on disk, shared by every process on
+//! the machine, bounded in bytes, LRU-evicted, surviving restarts.
+//!
+//! **Decoded, not encoded.** A cache hit must cost microseconds per 8 KiB
+//! block; an encoded frame would need a whole 1 MiB frame decrypted and
+//! decompressed per hit. The decoded bytes are the same relation data that
+//! sat on this disk before offload, so caching them in the clear exposes
+//! nothing new (put the cache on the data directory's file system).
+//!
+//! **Layout.** `<dir>/state` (a shared, memory-mapped page of counters),
+//! `<dir>/evict.lock`, `<dir>/tmp/`, and entries `<dir>/<xx>/<hash>`, where
+//! `hash` is xxh3_128 of (object name, frame number). An entry is a 64-byte
+//! header (magic, raw length, block count, key hash), one xxh3_64 per 8 KiB
+//! block, then the raw frame.
+//!
+//! **Never a torn entry.** Entries are written under `tmp/` and renamed into
+//! place, so a reader sees a whole file or none; and every block read is
+//! checked against its checksum, so even an entry damaged by an OS crash
+//! (rename durable, data not) or by anything else reads as a miss, is
+//! removed, and is fetched again.
+//!
+//! **Size limit across processes.** `used` bytes live in the shared state
+//! page. A writer *reserves* its entry's size with a compare-and-swap that
+//! never takes `used` past the limit; when it does not fit, the writer takes
+//! `evict.lock` (flock) and evicts least-recently-used entries (by mtime,
+//! which a hit refreshes at most every few seconds per entry) down to the
+//! low-water mark. Reservations precede publication, so the bytes on disk
+//! never exceed the counter, and the counter never exceeds the limit. A
+//! process that dies between reserving and publishing over-counts, which only
+//! makes eviction run early; the evictor's directory scan corrects large drift.
+use crate::error::{Error, Result};
+use crate::format::BLOCK_SIZE;
+use lru::LruCache;
+use memmap2::MmapMut;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::num::NonZeroUsize;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
+
+const ENTRY_MAGIC: [u8; 8] = *b"YZCACHE1";
+const STATE_MAGIC: u64 = 0x595a_4341_4348_4531; // "YZCACHE1"
+const HEADER_LEN: usize = 64;
+const STATE_LEN: usize = 4096;
+/// A hit refreshes an entry's mtime (its LRU position) at most this often.
+const TOUCH_INTERVAL: Duration = Duration::from_secs(5);
+/// Eviction frees down to this fraction of the limit.
+const LOW_WATER: f64 = 0.9;
+
+#[derive(Clone, Copy)]
+enum Counter {
+    Used = 1,
+    Hits,
+    Misses,
+    Inserts,
+    Evictions,
+    Corrupt,
+}
+
+/// Counters shared by every process using the cache directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub used_bytes: u64,
+    pub limit_bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub inserts: u64,
+    pub evictions: u64,
+    pub corrupt_entries: u64,
+}
+
+struct OpenEntry {
+    file: File,
+    path: PathBuf,
+    raw_len: usize,
+    checksums: Vec<u64>,
+    touched: SystemTime,
+}
+
+pub struct FrameCache {
+    dir: PathBuf,
+    limit: u64,
+    state: MmapMut,
+    open: Mutex<LruCache<u128, Arc<Mutex<OpenEntry>>>>,
+}
+
+fn entry_key(name: &str, frame: u32) -> u128 {
+    let mut k = Vec::with_capacity(name.len() + 5);
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&frame.to_le_bytes());
+    xxh3_128(&k)
+}
+
+fn block_count(raw_len: usize) -> usize {
+    raw_len.div_ceil(BLOCK_SIZE)
+}
+
+struct FileLock(File);
+
+impl FileLock {
+    fn acquire(path: &Path, blocking: bool) -> Result<Option<FileLock>> {
+        let f = OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(|e| Error::io(path, e))?;
+        let op = libc::LOCK_EX | if blocking { 0 } else { libc::LOCK_NB };
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+            Ok(Some(FileLock(f)))
+        } else {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock {
+                Ok(None)
+            } else {
+                Err(Error::io(path, e))
+            }
+        }
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        // SAFETY: unlocking our own fd (closing would too).
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+impl FrameCache {
+    /// Opens (creating if needed) the cache in `dir`, limited to `limit` bytes.
+    pub fn open(dir: &Path, limit: u64) -> Result<FrameCache> {
+        fs::create_dir_all(dir.join("tmp")).map_err(|e| Error::io(dir, e))?;
+        let lock = FileLock::acquire(&dir.join("evict.lock"), true)?;
+        let state_path = dir.join("state");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&state_path)
+            .map_err(|e| Error::io(&state_path, e))?;
+        let fresh = f.metadata().map_err(|e| Error::io(&state_path, e))?.len() != STATE_LEN as u64;
+        if fresh {
+            f.set_len(STATE_LEN as u64).map_err(|e| Error::io(&state_path, e))?;
+        }
+        // SAFETY: the file is ours and STATE_LEN long; all access goes through atomics.
+        let state = unsafe { MmapMut::map_mut(&f) }.map_err(|e| Error::io(&state_path, e))?;
+        let cache = FrameCache {
+            dir: dir.to_path_buf(),
+            limit,
+            state,
+            open: Mutex::new(LruCache::new(NonZeroUsize::new(128).unwrap())),
+        };
+        if fresh || cache.counter(Counter::Used).load(Ordering::Relaxed) > 0 && cache.magic().load(Ordering::Relaxed) != STATE_MAGIC {
+            // New (or foreign) state page: count what is already on disk.
+            let on_disk: u64 = cache.scan()?.iter().map(|e| e.1).sum();
+            cache.counter(Counter::Used).store(on_disk, Ordering::Relaxed);
+            cache.magic().store(STATE_MAGIC, Ordering::Release);
+        }
+        drop(lock);
+        // A smaller limit than last time takes effect at once.
+        if cache.counter(Counter::Used).load(Ordering::Relaxed) > limit {
+            cache.evict(0)?;
+        }
+        Ok(cache)
+    }
+
+    fn atomic(&self, slot: usize) -> &AtomicU64 {
+        assert!(slot * 8 + 8 <= STATE_LEN);
+        // SAFETY: the mapping is page-aligned, STATE_LEN long and lives as
+        // long as self; other processes touch it only through atomics too.
+        unsafe { AtomicU64::from_ptr(self.state.as_ptr().add(slot * 8) as *mut u64) }
+    }
+
+    fn magic(&self) -> &AtomicU64 {
+        self.atomic(0)
+    }
+
+    fn counter(&self, c: Counter) -> &AtomicU64 {
+        self.atomic(c as usize)
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let g = |c| self.counter(c).load(Ordering::Relaxed);
+        CacheStats {
+            used_bytes: g(Counter::Used),
+            limit_bytes: self.limit,
+            hits: g(Counter::Hits),
+            misses: g(Counter::Misses),
+            inserts: g(Counter::Inserts),
+            evictions: g(Counter::Evictions),
+            corrupt_entries: g(Counter::Corrupt),
+        }
+    }
+
+    fn entry_path(&self, key: u128) -> PathBuf {
+        let h = format!("{key:032x}");
+        self.dir.join(&h[..2]).join(&h)
+    }
+
+    fn open_entry(&self, key: u128) -> Option<Arc<Mutex<OpenEntry>>> {
+        if let Some(e) = self.open.lock().unwrap().get(&key) {
+            return Some(e.clone());
+        }
+        let path = self.entry_path(key);
+        let file = File::open(&path).ok()?;
+        let mut header = [0u8; HEADER_LEN];
+        let valid = file.read_exact_at(&mut header, 0).is_ok()
+            && header[..8] == ENTRY_MAGIC
+            && header[16..32] == key.to_le_bytes();
+        let raw_len = u32::from_le_bytes(header[8..12].try_into().unwrap()) as usize;
+        let nblocks = u32::from_le_bytes(header[12..16].try_into().unwrap()) as usize;
+        let mut sums = vec![0u8; nblocks * 8];
+        if !valid || nblocks != block_count(raw_len) || file.read_exact_at(&mut sums, HEADER_LEN as u64).is_err() {
+            self.discard(&path);
+            return None;
+        }
+        let e = Arc::new(Mutex::new(OpenEntry {
+            file,
+            path,
+            raw_len,
+            checksums: sums.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect(),
+            touched: SystemTime::UNIX_EPOCH,
+        }));
+        self.open.lock().unwrap().put(key, e.clone());
+        Some(e)
+    }
+
+    /// Removes a damaged entry (and gives its bytes back).
+    fn discard(&self, path: &Path) {
+        if let Ok(md) = fs::metadata(path) {
+            if fs::remove_file(path).is_ok() {
+                self.release(md.len());
+            }
+        }
+        self.counter(Counter::Corrupt).fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn release(&self, bytes: u64) {
+        let used = self.counter(Counter::Used);
+        let _ = used.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| Some(u.saturating_sub(bytes)));
+    }
+
+    /// Copies `out.len()` bytes at `offset` within frame `frame` of object
+    /// `name` into `out`. Returns false on a miss (nothing cached, or the
+    /// entry failed its checksums and was dropped). `offset` must be
+    /// block-aligned.
+    pub fn read(&self, name: &str, frame: u32, offset: usize, out: &mut [u8]) -> bool {
+        let hit = self.read_inner(entry_key(name, frame), offset, out);
+        self.counter(if hit { Counter::Hits } else { Counter::Misses }).fetch_add(1, Ordering::Relaxed);
+        hit
+    }
+
+    fn read_inner(&self, key: u128, offset: usize, out: &mut [u8]) -> bool {
+        debug_assert_eq!(offset % BLOCK_SIZE, 0);
+        let Some(entry) = self.open_entry(key) else { return false };
+        let mut e = entry.lock().unwrap();
+        if offset + out.len() > e.raw_len {
+            return false;
+        }
+        let data_off = (HEADER_LEN + e.checksums.len() * 8) as u64 + offset as u64;
+        // Blocks are checksummed whole (the file pads the last one), so a
+        // request that ends mid-block reads the whole block aside.
+        let mut spill = Vec::new();
+        let buf: &mut [u8] = if out.len() % BLOCK_SIZE == 0 {
+            out
+        } else {
+            spill.resize(out.len().div_ceil(BLOCK_SIZE) * BLOCK_SIZE, 0);
+            &mut spill
+        };
+        let first = offset / BLOCK_SIZE;
+        let ok = e.file.read_exact_at(buf, data_off).is_ok()
+            && buf.chunks(BLOCK_SIZE).enumerate().all(|(i, b)| xxh3_64(b) == e.checksums[first + i]);
+        if !ok {
+            let path = e.path.clone();
+            drop(e);
+            self.open.lock().unwrap().pop(&key);
+            self.discard(&path);
+            return false;
+        }
+        if !spill.is_empty() {
+            let n = out.len();
+            out.copy_from_slice(&spill[..n]);
+        }
+        let now = SystemTime::now();
+        if now.duration_since(e.touched).unwrap_or_default() > TOUCH_INTERVAL {
+            let _ = e.file.set_modified(now);
+            e.touched = now;
+        }
+        true
+    }
+
+    /// True if the frame is cached (no checksum verification).
+    pub fn contains(&self, name: &str, frame: u32) -> bool {
+        let key = entry_key(name, frame);
+        self.open.lock().unwrap().contains(&key) || self.entry_path(key).exists()
+    }
+
+    /// Caches a decoded frame. Never fails the caller's read: errors (disk
+    /// full, permissions) are returned for logging, and the cache stays
+    /// consistent.
+    pub fn insert(&self, name: &str, frame: u32, raw: &[u8]) -> Result<()> {
+        let key = entry_key(name, frame);
+        let nblocks = block_count(raw.len());
+        // The last block is zero-padded on disk so every block checksums whole.
+        let size = (HEADER_LEN + nblocks * 8 + nblocks * BLOCK_SIZE) as u64;
+        if size > self.limit {
+            return Ok(());
+        }
+        self.reserve(size)?;
+        let path = self.entry_path(key);
+        let res = self.write_entry(key, raw, &path);
+        if res.is_err() {
+            self.release(size);
+        }
+        res
+    }
+
+    fn write_entry(&self, key: u128, raw: &[u8], path: &Path) -> Result<()> {
+        let nblocks = block_count(raw.len());
+        let mut body = Vec::with_capacity(HEADER_LEN + nblocks * 8 + nblocks * BLOCK_SIZE);
+        body.extend_from_slice(&ENTRY_MAGIC);
+        body.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+        body.extend_from_slice(&(nblocks as u32).to_le_bytes());
+        body.extend_from_slice(&key.to_le_bytes());
+        body.resize(HEADER_LEN, 0);
+        let data_start = HEADER_LEN + nblocks * 8;
+        body.resize(data_start, 0);
+        body.extend_from_slice(raw);
+        body.resize(data_start + nblocks * BLOCK_SIZE, 0);
+        for i in 0..nblocks {
+            let b = &body[data_start + i * BLOCK_SIZE..data_start + (i + 1) * BLOCK_SIZE];
+            let sum = xxh3_64(b).to_le_bytes();
+            body[HEADER_LEN + i * 8..HEADER_LEN + i * 8 + 8].copy_from_slice(&sum);
+        }
+        let mut r = [0u8; 8];
+        getrandom::fill(&mut r).expect("OS random source");
+        let tmp = self.dir.join("tmp").join(hex::encode(r));
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&body)?;
+            fs::create_dir_all(path.parent().unwrap())?;
+            fs::rename(&tmp, path)
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            Error::io(path, e)
+        })?;
+        self.counter(Counter::Inserts).fetch_add(1, Ordering::Relaxed);
+        self.open.lock().unwrap().pop(&key);
+        Ok(())
+    }
+
+    /// Takes `size` bytes of the budget, evicting first if they do not fit.
+    fn reserve(&self, size: u64) -> Result<()> {
+        let used = self.counter(Counter::Used);
+        for _ in 0..8 {
+            let fits = used
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| (u + size <= self.limit).then_some(u + size))
+                .is_ok();
+            if fits {
+                return Ok(());
+            }
+            self.evict(size)?;
+        }
+        Err(Error::Io {
+            path: self.dir.display().to_string(),
+            source: io::Error::other("cache is full and eviction freed nothing"),
+        })
+    }
+
+    /// Lists entries as (path, size, mtime).
+    fn scan(&self) -> Result<Vec<(PathBuf, u64, SystemTime)>> {
+        let mut out = Vec::new();
+        let rd = fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        for d in rd.flatten() {
+            let name = d.file_name();
+            let n = name.to_string_lossy();
+            if n.len() != 2 || !d.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            for f in fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                if let Ok(md) = f.metadata() {
+                    out.push((f.path(), md.len(), md.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Evicts least-recently-used entries until `need` more bytes fit under
+    /// the low-water mark. One process evicts at a time; others wait for it.
+    fn evict(&self, need: u64) -> Result<()> {
+        let _lock = FileLock::acquire(&self.dir.join("evict.lock"), true)?;
+        let used = self.counter(Counter::Used);
+        let target = ((self.limit as f64 * LOW_WATER) as u64).saturating_sub(need);
+        if used.load(Ordering::Acquire) <= target {
+            return Ok(()); // someone else just evicted
+        }
+        let mut entries = self.scan()?;
+        let on_disk: u64 = entries.iter().map(|e| e.1).sum();
+        let counted = used.load(Ordering::Acquire);
+        // Correct large over-counting (crashed writers, cache wiped by hand).
+        if counted > on_disk + self.limit / 4 {
+            self.release(counted - on_disk);
+        }
+        entries.sort_by_key(|e| e.2);
+        let mut evicted = 0;
+        for (path, size, _) in entries {
+            if used.load(Ordering::Acquire) <= target {
+                break;
+            }
+            if fs::remove_file(&path).is_ok() {
+                self.release(size);
+                evicted += 1;
+            }
+        }
+        self.counter(Counter::Evictions).fetch_add(evicted, Ordering::Relaxed);
+        self.open.lock().unwrap().clear();
+        Ok(())
+    }
+
+    /// Bytes the entries on disk take (a directory scan; for tests and tools).
+    pub fn disk_usage(&self) -> Result<u64> {
+        Ok(self.scan()?.iter().map(|e| e.1).sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(seed: u8, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    #[test]
+    fn hit_miss_and_partial_final_block() {
+        let d = tempfile::tempdir().unwrap();
+        let c = FrameCache::open(d.path(), 10 << 20).unwrap();
+        let mut out = vec![0u8; 8192];
+        assert!(!c.read("obj", 0, 0, &mut out));
+        let f = frame(1, 3 * 8192 + 100);
+        c.insert("obj", 0, &f).unwrap();
+        assert!(c.read("obj", 0, 8192, &mut out));
+        assert_eq!(out, f[8192..16384]);
+        let mut tail = vec![0u8; 100];
+        assert!(c.read("obj", 0, 3 * 8192, &mut tail));
+        assert_eq!(tail, f[3 * 8192..]);
+        let s = c.stats();
+        assert_eq!((s.hits, s.misses, s.inserts), (2, 1, 1));
+        // Survives reopening (a restart).
+        drop(c);
+        let c = FrameCache::open(d.path(), 10 << 20).unwrap();
+        assert!(c.read("obj", 0, 0, &mut out));
+        assert_eq!(out, f[..8192]);
+        assert_eq!(c.stats().used_bytes, c.disk_usage().unwrap());
+    }
+
+    #[test]
+    fn damaged_entry_is_a_miss_and_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let c = FrameCache::open(d.path(), 10 << 20).unwrap();
+        let f = frame(2, 4 * 8192);
+        c.insert("o", 7, &f).unwrap();
+        let path = c.entry_path(entry_key("o", 7));
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[0xff], (HEADER_LEN + 4 * 8 + 2 * 8192 + 5) as u64).unwrap();
+        let mut out = vec![0u8; 8192];
+        assert!(c.read("o", 7, 0, &mut out), "undamaged block still readable");
+        assert!(!c.read("o", 7, 2 * 8192, &mut out), "damaged block must miss");
+        assert!(!path.exists());
+        assert_eq!(c.stats().corrupt_entries, 1);
+        // Truncated (torn) entry.
+        c.insert("o", 8, &f).unwrap();
+        let path = c.entry_path(entry_key("o", 8));
+        OpenOptions::new().write(true).open(&path).unwrap().set_len(1000).unwrap();
+        assert!(!c.read("o", 8, 0, &mut out));
+    }
+
+    #[test]
+    fn limit_holds_and_lru_evicts_oldest() {
+        let d = tempfile::tempdir().unwrap();
+        let limit = 20 * (64 << 10);
+        let c = FrameCache::open(d.path(), limit).unwrap();
+        for i in 0..100u32 {
+            c.insert("obj", i, &frame(i as u8, 64 << 10)).unwrap();
+            assert!(c.stats().used_bytes <= limit);
+            assert!(c.disk_usage().unwrap() <= limit);
+            if i < 3 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        assert!(c.stats().evictions > 0);
+        assert!(!c.contains("obj", 0), "oldest entry evicted");
+        assert!(c.contains("obj", 99), "newest entry kept");
+    }
+}

@@ -1,0 +1,411 @@
+//! Block reads of remote segment objects, through the shared frame cache, a
+//! small in-memory frame LRU, and readahead.
+//!
+//! A read of raw bytes `[offset, offset+len)` of an object is served frame by
+//! frame: from the disk cache, else from memory, else from a fetch already in
+//! flight, else by fetching it. A single random block costs one range GET of
+//! one frame. When an object is read sequentially (a frame following the last
+//! one read, or PostgreSQL's prefetch hints), the reader fetches a window of
+//! the next frames in the background, coalesced into range GETs of up to
+//! `max_get_bytes` (S3's guidance is 8–16 MiB per GET for throughput), so a
+//! scan is not one round trip per frame.
+//!
+//! Memory: in-flight fetches are bounded by `inflight_bytes` and decoded
+//! frames kept in memory by `memory_bytes`; with the defaults a process holds
+//! well under 64 MB of buffers however many objects it reads.
+use crate::cache::FrameCache;
+use crate::crypto::CipherImpl;
+use crate::error::{Error, Result};
+use crate::format::{ObjectLayout, TailParse, TAIL_PREFETCH};
+use crate::keys::KeyRing;
+use crate::store::{AnyStore, ObjectStore};
+use lru::LruCache;
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{watch, Semaphore};
+
+#[derive(Debug, Clone, Copy)]
+pub struct ReadaheadConfig {
+    /// Raw bytes to keep fetched ahead of a sequential reader; 0 disables readahead.
+    pub window_bytes: u64,
+    /// Largest single range GET.
+    pub max_get_bytes: u64,
+    /// Bound on stored bytes being fetched at once.
+    pub inflight_bytes: u64,
+    /// Bound on decoded frames kept in memory.
+    pub memory_bytes: u64,
+}
+
+impl Default for ReadaheadConfig {
+    fn default() -> Self {
+        ReadaheadConfig {
+            window_bytes: 8 << 20,
+            max_get_bytes: 8 << 20,
+            inflight_bytes: 24 << 20,
+            memory_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Process-local read statistics.
+#[derive(Debug, Default)]
+pub struct ReaderStats {
+    pub gets: AtomicU64,
+    pub get_bytes: AtomicU64,
+    pub frames_fetched: AtomicU64,
+    pub frames_prefetched: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub memory_hits: AtomicU64,
+    pub inflight_waits: AtomicU64,
+}
+
+type Frame = Arc<Vec<u8>>;
+type FrameResult = std::result::Result<Frame, Arc<Error>>;
+type FrameKey = (Arc<str>, u32);
+
+struct Inner {
+    store: AnyStore,
+    keys: KeyRing,
+    cipher: CipherImpl,
+    cache: Option<FrameCache>,
+    cfg: ReadaheadConfig,
+    layouts: Mutex<LruCache<Arc<str>, Arc<ObjectLayout>>>,
+    memory: Mutex<MemFrames>,
+    inflight: Mutex<HashMap<FrameKey, watch::Receiver<Option<FrameResult>>>>,
+    budget: Semaphore,
+    /// Per object: the last frame read and how many reads in a row were sequential.
+    seq: Mutex<HashMap<Arc<str>, (u32, u32)>>,
+    stats: ReaderStats,
+}
+
+/// Decoded frames in memory, bounded in bytes.
+struct MemFrames {
+    lru: LruCache<FrameKey, Frame>,
+    bytes: u64,
+    limit: u64,
+}
+
+impl MemFrames {
+    fn get(&mut self, k: &FrameKey) -> Option<Frame> {
+        self.lru.get(k).cloned()
+    }
+
+    fn put(&mut self, k: FrameKey, f: Frame) {
+        self.bytes += f.len() as u64;
+        if let Some(old) = self.lru.put(k, f) {
+            self.bytes -= old.len() as u64;
+        }
+        while self.bytes > self.limit {
+            match self.lru.pop_lru() {
+                Some((_, old)) => self.bytes -= old.len() as u64,
+                None => break,
+            }
+        }
+    }
+}
+
+/// Reads remote objects; cheap to clone, safe to share between threads.
+#[derive(Clone)]
+pub struct RemoteReader(Arc<Inner>);
+
+/// One budget permit per KiB of in-flight stored bytes.
+const PERMIT_BYTES: u64 = 1024;
+
+fn dup_err(e: &Error) -> Error {
+    match e {
+        Error::Corrupt { name, detail } => Error::Corrupt { name: name.clone(), detail: detail.clone() },
+        Error::UnknownKey { name, key_id } => Error::UnknownKey { name: name.clone(), key_id: *key_id },
+        Error::KeyRequired { name } => Error::KeyRequired { name: name.clone() },
+        Error::NotFound(m) => Error::NotFound(m.clone()),
+        Error::AccessDenied(m) => Error::AccessDenied(m.clone()),
+        Error::Timeout(m) => Error::Timeout(m.clone()),
+        other => Error::Store(other.to_string()),
+    }
+}
+
+impl RemoteReader {
+    pub fn new(store: AnyStore, keys: KeyRing, cipher: CipherImpl, cache: Option<FrameCache>, cfg: ReadaheadConfig) -> RemoteReader {
+        let permits = (cfg.inflight_bytes / PERMIT_BYTES).clamp(1, Semaphore::MAX_PERMITS as u64) as usize;
+        RemoteReader(Arc::new(Inner {
+            store,
+            keys,
+            cipher,
+            cache,
+            cfg,
+            layouts: Mutex::new(LruCache::new(NonZeroUsize::new(256).unwrap())),
+            memory: Mutex::new(MemFrames {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+                limit: cfg.memory_bytes,
+            }),
+            inflight: Mutex::new(HashMap::new()),
+            budget: Semaphore::new(permits),
+            seq: Mutex::new(HashMap::new()),
+            stats: ReaderStats::default(),
+        }))
+    }
+
+    pub fn store(&self) -> &AnyStore {
+        &self.0.store
+    }
+
+    pub fn cache(&self) -> Option<&FrameCache> {
+        self.0.cache.as_ref()
+    }
+
+    pub fn stats(&self) -> &ReaderStats {
+        &self.0.stats
+    }
+
+    /// Reads and verifies an object's trailer and index (cached per process).
+    pub async fn layout(&self, name: &str) -> Result<Arc<ObjectLayout>> {
+        if let Some(l) = self.0.layouts.lock().unwrap().get(name) {
+            return Ok(l.clone());
+        }
+        let inner = &self.0;
+        let (tail, len) = inner.store.get_suffix(name, TAIL_PREFETCH).await?;
+        inner.stats.gets.fetch_add(1, Ordering::Relaxed);
+        let layout = match ObjectLayout::parse_tail(name, len, &tail, &inner.keys, inner.cipher)? {
+            TailParse::Complete(l) => l,
+            TailParse::NeedFrom { start } => {
+                let all = inner.store.get_range(name, start..len).await?;
+                inner.stats.gets.fetch_add(1, Ordering::Relaxed);
+                match ObjectLayout::parse_tail(name, len, &all, &inner.keys, inner.cipher)? {
+                    TailParse::Complete(l) => l,
+                    TailParse::NeedFrom { .. } => return Err(Error::corrupt(name, "index does not fit where the trailer says")),
+                }
+            }
+        };
+        let l = Arc::new(layout);
+        inner.layouts.lock().unwrap().put(Arc::from(name), l.clone());
+        Ok(l)
+    }
+
+    /// Reads raw bytes `[offset, offset + out.len())` of object `name`.
+    pub async fn read(&self, name: &str, offset: u64, out: &mut [u8]) -> Result<()> {
+        let layout = self.layout(name).await?;
+        let end = offset + out.len() as u64;
+        if end > layout.trailer.raw_len {
+            return Err(Error::corrupt(
+                name,
+                format!("read of bytes {offset}..{end} beyond the object's {} raw bytes", layout.trailer.raw_len),
+            ));
+        }
+        let name: Arc<str> = Arc::from(name);
+        let fs = layout.trailer.frame_size as u64;
+        let mut pos = offset;
+        let mut done = 0usize;
+        while pos < end {
+            let frame = (pos / fs) as u32;
+            let in_frame = (pos % fs) as usize;
+            let n = ((fs - pos % fs).min(end - pos)) as usize;
+            self.note_access(&name, &layout, frame);
+            self.read_frame_part(&name, &layout, frame, in_frame, &mut out[done..done + n]).await?;
+            pos += n as u64;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Blocking form of [`read`](Self::read) for callers outside the runtime.
+    pub fn read_blocking(&self, name: &str, offset: u64, out: &mut [u8]) -> Result<()> {
+        crate::runtime::block_on(self.read(name, offset, out))
+    }
+
+    /// Starts fetching the frames covering `[offset, offset+len)` in the
+    /// background (PostgreSQL's `smgrprefetch`); returns at once.
+    pub fn prefetch(&self, name: &str, offset: u64, len: u64) {
+        let this = self.clone();
+        let name: Arc<str> = Arc::from(name);
+        crate::runtime::runtime().spawn(async move {
+            if let Ok(layout) = this.layout(&name).await {
+                let fs = layout.trailer.frame_size as u64;
+                let last = ((offset + len.max(1) - 1) / fs).min(layout.frames.len().saturating_sub(1) as u64);
+                this.spawn_fetch(&name, &layout, (offset / fs) as u32, last as u32 + 1, false);
+            }
+        });
+    }
+
+    async fn read_frame_part(&self, name: &Arc<str>, layout: &Arc<ObjectLayout>, frame: u32, off: usize, out: &mut [u8]) -> Result<()> {
+        let inner = &self.0;
+        let aligned = off % crate::format::BLOCK_SIZE == 0;
+        let key: FrameKey = (name.clone(), frame);
+        // A background fetch may finish between our checks and our own
+        // fetch; then nothing is started and we look again.
+        for attempt in 0.. {
+            if let Some(c) = &inner.cache {
+                let hit = if aligned {
+                    c.read(name, frame, off, out)
+                } else {
+                    // The cache reads whole blocks: read the enclosing ones aside.
+                    let lead = off % crate::format::BLOCK_SIZE;
+                    let mut tmp = vec![0u8; lead + out.len()];
+                    let hit = c.read(name, frame, off - lead, &mut tmp);
+                    if hit {
+                        out.copy_from_slice(&tmp[lead..]);
+                    }
+                    hit
+                };
+                if hit {
+                    inner.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+            }
+            if let Some(f) = inner.memory.lock().unwrap().get(&key) {
+                inner.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+                out.copy_from_slice(&f[off..off + out.len()]);
+                return Ok(());
+            }
+            let waiting = inner.inflight.lock().unwrap().get(&key).cloned();
+            let rx = match waiting {
+                Some(rx) => {
+                    inner.stats.inflight_waits.fetch_add(1, Ordering::Relaxed);
+                    rx
+                }
+                // After a second look, fetch even if the cache claims the frame
+                // (an entry that exists but cannot be read).
+                None => match self.spawn_fetch(name, layout, frame, frame + 1, attempt >= 2).pop() {
+                    Some(rx) => rx,
+                    None => continue,
+                },
+            };
+            let f = Self::wait(rx).await?;
+            out.copy_from_slice(&f[off..off + out.len()]);
+            return Ok(());
+        }
+        unreachable!()
+    }
+
+    async fn wait(mut rx: watch::Receiver<Option<FrameResult>>) -> Result<Frame> {
+        loop {
+            if let Some(r) = rx.borrow_and_update().clone() {
+                return r.map_err(|e| dup_err(&e));
+            }
+            if rx.changed().await.is_err() {
+                // The fetch task ended without a result (it panicked).
+                return Err(Error::Store("frame fetch was abandoned".into()));
+            }
+        }
+    }
+
+    /// Tracks sequential access per object and keeps a window fetched ahead.
+    fn note_access(&self, name: &Arc<str>, layout: &Arc<ObjectLayout>, frame: u32) {
+        let cfg = &self.0.cfg;
+        if cfg.window_bytes == 0 {
+            return;
+        }
+        let streak = {
+            let mut seq = self.0.seq.lock().unwrap();
+            if seq.len() > 1024 {
+                seq.clear();
+            }
+            let e = seq.entry(name.clone()).or_insert((u32::MAX, 0));
+            let streak = if e.0 == frame {
+                return; // same frame as last time: nothing new to learn
+            } else if e.0.wrapping_add(1) == frame {
+                e.1 + 1
+            } else {
+                0
+            };
+            *e = (frame, streak);
+            streak
+        };
+        if streak >= 1 {
+            let ahead = (cfg.window_bytes / layout.trailer.frame_size as u64).max(1) as u32;
+            let end = (frame + 1 + ahead).min(layout.frames.len() as u32);
+            if frame + 1 < end {
+                self.spawn_fetch(name, layout, frame + 1, end, false);
+            }
+        }
+    }
+
+    /// Starts fetching frames `[first, end)` that are not cached, in memory
+    /// or already in flight, coalescing neighbours into range GETs. Returns
+    /// receivers for the frames it started (in order).
+    fn spawn_fetch(&self, name: &Arc<str>, layout: &Arc<ObjectLayout>, first: u32, end: u32, force: bool) -> Vec<watch::Receiver<Option<FrameResult>>> {
+        let inner = &self.0;
+        let mut started = Vec::new();
+        let mut run: Vec<(u32, watch::Sender<Option<FrameResult>>)> = Vec::new();
+        let mut run_bytes = 0u64;
+        let flush = |run: &mut Vec<(u32, watch::Sender<Option<FrameResult>>)>, run_bytes: &mut u64| {
+            if !run.is_empty() {
+                let this = self.clone();
+                let (name, layout, batch) = (name.clone(), layout.clone(), std::mem::take(run));
+                crate::runtime::runtime().spawn(async move { this.fetch_run(name, layout, batch).await });
+                *run_bytes = 0;
+            }
+        };
+        for frame in first..end {
+            let key: FrameKey = (name.clone(), frame);
+            let have = !force && inner.cache.as_ref().is_some_and(|c| c.contains(name, frame))
+                || inner.memory.lock().unwrap().lru.contains(&key);
+            let mut inflight = inner.inflight.lock().unwrap();
+            if have || inflight.contains_key(&key) {
+                drop(inflight);
+                flush(&mut run, &mut run_bytes);
+                continue;
+            }
+            let (tx, rx) = watch::channel(None);
+            inflight.insert(key, rx.clone());
+            drop(inflight);
+            started.push(rx);
+            let bytes = layout.frames[frame as usize].stored_len as u64;
+            if run_bytes > 0 && run_bytes + bytes > inner.cfg.max_get_bytes {
+                flush(&mut run, &mut run_bytes);
+            }
+            run.push((frame, tx));
+            run_bytes += bytes;
+        }
+        flush(&mut run, &mut run_bytes);
+        started
+    }
+
+    /// Fetches consecutive frames with one range GET, decodes each, publishes
+    /// it to waiters, memory and the disk cache.
+    async fn fetch_run(&self, name: Arc<str>, layout: Arc<ObjectLayout>, batch: Vec<(u32, watch::Sender<Option<FrameResult>>)>) {
+        let inner = &self.0;
+        let a = batch[0].0 as usize;
+        let b = batch[batch.len() - 1].0 as usize;
+        let start = layout.frames[a].offset;
+        let end = layout.frames[b].range().end;
+        // A run larger than the whole budget takes all of it rather than waiting forever.
+        let total = (inner.cfg.inflight_bytes / PERMIT_BYTES).max(1);
+        let permits = (end - start).div_ceil(PERMIT_BYTES).min(total) as u32;
+        let _permit = inner.budget.acquire_many(permits).await;
+        let fetched = inner.store.get_range(&name, start..end).await;
+        inner.stats.gets.fetch_add(1, Ordering::Relaxed);
+        let finish = |frame: u32, tx: &watch::Sender<Option<FrameResult>>, r: FrameResult| {
+            if let Ok(f) = &r {
+                inner.memory.lock().unwrap().put((name.clone(), frame), f.clone());
+            }
+            let _ = tx.send(Some(r));
+            inner.inflight.lock().unwrap().remove(&(name.clone(), frame));
+        };
+        let data = match fetched {
+            Ok(d) => d,
+            Err(e) => {
+                let e = Arc::new(e);
+                for (frame, tx) in &batch {
+                    finish(*frame, tx, Err(e.clone()));
+                }
+                return;
+            }
+        };
+        inner.stats.get_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        let prefetched = batch.len() as u64 - 1;
+        for (frame, tx) in &batch {
+            let r = layout.frames[*frame as usize].range();
+            let mut stored = data[(r.start - start) as usize..(r.end - start) as usize].to_vec();
+            let decoded = layout.decode_frame(*frame as usize, &mut stored).map(Arc::new).map_err(Arc::new);
+            if let (Ok(f), Some(c)) = (&decoded, &inner.cache) {
+                // A cache that cannot take the frame (disk full) must not fail the read.
+                let _ = c.insert(&name, *frame, f);
+            }
+            inner.stats.frames_fetched.fetch_add(1, Ordering::Relaxed);
+            finish(*frame, tx, decoded);
+        }
+        inner.stats.frames_prefetched.fetch_add(prefetched, Ordering::Relaxed);
+    }
+}
