@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs every test: the storage core's unit tests, its integration tests
+# against a real Garage server, the extension's SQL tests and PostgreSQL's
+# own regression suite against the patched server with yezzey preloaded.
+# Sets up whatever is missing first; stops the servers it started.
+source "$(dirname "$0")/common.sh"
+S=$YZ_ROOT/scripts
+
+bash "$S/setup.sh" --no-demo
+
+# The test servers get their own run directory, apart from the demo's.
+export YEZZEY_RUN=$YZ_CACHE/test-run
+YZ_RUN=$YEZZEY_RUN
+rm -rf "$YZ_RUN"
+mkdir -p "$YZ_RUN"
+[ "$(id -u)" = 0 ] && chown "$YZ_OS_USER" "$YZ_RUN"
+
+cleanup() {
+    bash "$S/pg.sh" stop >/dev/null 2>&1 || true
+    bash "$S/garage.sh" stop >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+bash "$S/garage.sh" start
+# shellcheck disable=SC1091
+source "$YZ_RUN/garage/env"
+export YEZZEY_GARAGE_CTL="$S/garage.sh"
+
+passed=0; failed=0; failures=()
+suite() {
+    local name=$1; shift
+    log "suite: $name"
+    if "$@"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1)); failures+=("$name")
+    fi
+}
+
+suite "storage core (cargo test: unit + Garage integration)" \
+    cargo test --release -q -p yezzey-storage
+suite "extension SQL tests (pg_regress, yezzey preloaded)" bash "$YZ_ROOT/tests/run-sql-tests.sh"
+suite "extension refuses to load without shared_preload_libraries" bash "$YZ_ROOT/tests/test-preload-required.sh"
+suite "PostgreSQL regression suite (installcheck, yezzey preloaded)" bash "$YZ_ROOT/tests/run-pg-regress.sh"
+
+echo
+for f in "${failures[@]}"; do echo "FAILED: $f"; done
+echo "suites: $passed passed, $failed failed"
+[ "$failed" = 0 ]
