@@ -26,7 +26,10 @@ fn main() {
         .arg("--includedir-server")
         .output()
         .unwrap_or_else(|e| panic!("running {pg_config}: {e}"));
-    assert!(out.status.success(), "{pg_config} --includedir-server failed");
+    assert!(
+        out.status.success(),
+        "{pg_config} --includedir-server failed"
+    );
     let include = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let smgr_h = PathBuf::from(&include).join("storage/smgr.h");
     let header = std::fs::read_to_string(&smgr_h)

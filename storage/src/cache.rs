@@ -105,7 +105,12 @@ struct FileLock(File);
 
 impl FileLock {
     fn acquire(path: &Path, blocking: bool) -> Result<Option<FileLock>> {
-        let f = OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(|e| Error::io(path, e))?;
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
         let op = libc::LOCK_EX | if blocking { 0 } else { libc::LOCK_NB };
         // SAFETY: flock on an fd we own.
         if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
@@ -143,7 +148,8 @@ impl FrameCache {
             .map_err(|e| Error::io(&state_path, e))?;
         let fresh = f.metadata().map_err(|e| Error::io(&state_path, e))?.len() != STATE_LEN as u64;
         if fresh {
-            f.set_len(STATE_LEN as u64).map_err(|e| Error::io(&state_path, e))?;
+            f.set_len(STATE_LEN as u64)
+                .map_err(|e| Error::io(&state_path, e))?;
         }
         // SAFETY: the file is ours and STATE_LEN long; all access goes through atomics.
         let state = unsafe { MmapMut::map_mut(&f) }.map_err(|e| Error::io(&state_path, e))?;
@@ -153,10 +159,15 @@ impl FrameCache {
             state,
             open: Mutex::new(LruCache::new(NonZeroUsize::new(128).unwrap())),
         };
-        if fresh || cache.counter(Counter::Used).load(Ordering::Relaxed) > 0 && cache.magic().load(Ordering::Relaxed) != STATE_MAGIC {
+        if fresh
+            || cache.counter(Counter::Used).load(Ordering::Relaxed) > 0
+                && cache.magic().load(Ordering::Relaxed) != STATE_MAGIC
+        {
             // New (or foreign) state page: count what is already on disk.
             let on_disk: u64 = cache.scan()?.iter().map(|e| e.1).sum();
-            cache.counter(Counter::Used).store(on_disk, Ordering::Relaxed);
+            cache
+                .counter(Counter::Used)
+                .store(on_disk, Ordering::Relaxed);
             cache.magic().store(STATE_MAGIC, Ordering::Release);
         }
         drop(lock);
@@ -217,7 +228,10 @@ impl FrameCache {
         let raw_len = u32::from_le_bytes(header[8..12].try_into().unwrap()) as usize;
         let nblocks = u32::from_le_bytes(header[12..16].try_into().unwrap()) as usize;
         let mut sums = vec![0u8; nblocks * 8];
-        if !valid || nblocks != block_count(raw_len) || file.read_exact_at(&mut sums, HEADER_LEN as u64).is_err() {
+        if !valid
+            || nblocks != block_count(raw_len)
+            || file.read_exact_at(&mut sums, HEADER_LEN as u64).is_err()
+        {
             self.discard(&path);
             return None;
         }
@@ -225,7 +239,10 @@ impl FrameCache {
             file,
             path,
             raw_len,
-            checksums: sums.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect(),
+            checksums: sums
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
             touched: SystemTime::UNIX_EPOCH,
         }));
         self.open.lock().unwrap().put(key, e.clone());
@@ -239,12 +256,15 @@ impl FrameCache {
                 self.release(md.len());
             }
         }
-        self.counter(Counter::Corrupt).fetch_add(1, Ordering::Relaxed);
+        self.counter(Counter::Corrupt)
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     fn release(&self, bytes: u64) {
         let used = self.counter(Counter::Used);
-        let _ = used.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| Some(u.saturating_sub(bytes)));
+        let _ = used.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| {
+            Some(u.saturating_sub(bytes))
+        });
     }
 
     /// Copies `out.len()` bytes at `offset` within frame `frame` of object
@@ -253,13 +273,16 @@ impl FrameCache {
     /// block-aligned.
     pub fn read(&self, name: &str, frame: u32, offset: usize, out: &mut [u8]) -> bool {
         let hit = self.read_inner(entry_key(name, frame), offset, out);
-        self.counter(if hit { Counter::Hits } else { Counter::Misses }).fetch_add(1, Ordering::Relaxed);
+        self.counter(if hit { Counter::Hits } else { Counter::Misses })
+            .fetch_add(1, Ordering::Relaxed);
         hit
     }
 
     fn read_inner(&self, key: u128, offset: usize, out: &mut [u8]) -> bool {
         debug_assert_eq!(offset % BLOCK_SIZE, 0);
-        let Some(entry) = self.open_entry(key) else { return false };
+        let Some(entry) = self.open_entry(key) else {
+            return false;
+        };
         let mut e = entry.lock().unwrap();
         if offset + out.len() > e.raw_len {
             return false;
@@ -276,7 +299,10 @@ impl FrameCache {
         };
         let first = offset / BLOCK_SIZE;
         let ok = e.file.read_exact_at(buf, data_off).is_ok()
-            && buf.chunks(BLOCK_SIZE).enumerate().all(|(i, b)| xxh3_64(b) == e.checksums[first + i]);
+            && buf
+                .chunks(BLOCK_SIZE)
+                .enumerate()
+                .all(|(i, b)| xxh3_64(b) == e.checksums[first + i]);
         if !ok {
             let path = e.path.clone();
             drop(e);
@@ -352,7 +378,8 @@ impl FrameCache {
             let _ = fs::remove_file(&tmp);
             Error::io(path, e)
         })?;
-        self.counter(Counter::Inserts).fetch_add(1, Ordering::Relaxed);
+        self.counter(Counter::Inserts)
+            .fetch_add(1, Ordering::Relaxed);
         self.open.lock().unwrap().pop(&key);
         Ok(())
     }
@@ -362,7 +389,9 @@ impl FrameCache {
         let used = self.counter(Counter::Used);
         for _ in 0..8 {
             let fits = used
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| (u + size <= self.limit).then_some(u + size))
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                    (u + size <= self.limit).then_some(u + size)
+                })
                 .is_ok();
             if fits {
                 return Ok(());
@@ -387,7 +416,11 @@ impl FrameCache {
             }
             for f in fs::read_dir(d.path()).into_iter().flatten().flatten() {
                 if let Ok(md) = f.metadata() {
-                    out.push((f.path(), md.len(), md.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+                    out.push((
+                        f.path(),
+                        md.len(),
+                        md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    ));
                 }
             }
         }
@@ -421,7 +454,8 @@ impl FrameCache {
                 evicted += 1;
             }
         }
-        self.counter(Counter::Evictions).fetch_add(evicted, Ordering::Relaxed);
+        self.counter(Counter::Evictions)
+            .fetch_add(evicted, Ordering::Relaxed);
         self.open.lock().unwrap().clear();
         Ok(())
     }
@@ -437,7 +471,9 @@ mod tests {
     use super::*;
 
     fn frame(seed: u8, len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
     }
 
     #[test]
@@ -471,16 +507,28 @@ mod tests {
         c.insert("o", 7, &f).unwrap();
         let path = c.entry_path(entry_key("o", 7));
         let file = OpenOptions::new().write(true).open(&path).unwrap();
-        file.write_all_at(&[0xff], (HEADER_LEN + 4 * 8 + 2 * 8192 + 5) as u64).unwrap();
+        file.write_all_at(&[0xff], (HEADER_LEN + 4 * 8 + 2 * 8192 + 5) as u64)
+            .unwrap();
         let mut out = vec![0u8; 8192];
-        assert!(c.read("o", 7, 0, &mut out), "undamaged block still readable");
-        assert!(!c.read("o", 7, 2 * 8192, &mut out), "damaged block must miss");
+        assert!(
+            c.read("o", 7, 0, &mut out),
+            "undamaged block still readable"
+        );
+        assert!(
+            !c.read("o", 7, 2 * 8192, &mut out),
+            "damaged block must miss"
+        );
         assert!(!path.exists());
         assert_eq!(c.stats().corrupt_entries, 1);
         // Truncated (torn) entry.
         c.insert("o", 8, &f).unwrap();
         let path = c.entry_path(entry_key("o", 8));
-        OpenOptions::new().write(true).open(&path).unwrap().set_len(1000).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(1000)
+            .unwrap();
         assert!(!c.read("o", 8, 0, &mut out));
     }
 

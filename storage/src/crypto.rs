@@ -26,7 +26,9 @@ impl std::str::FromStr for CipherImpl {
         match s {
             "aws-lc" | "aws-lc-rs" => Ok(CipherImpl::AwsLc),
             "rustcrypto" | "aes-gcm" => Ok(CipherImpl::RustCrypto),
-            _ => Err(format!("unknown cipher implementation {s:?} (aws-lc, rustcrypto)")),
+            _ => Err(format!(
+                "unknown cipher implementation {s:?} (aws-lc, rustcrypto)"
+            )),
         }
     }
 }
@@ -80,22 +82,36 @@ impl Cipher {
 
     /// Authenticates and decrypts `buf` (ciphertext followed by its tag) in
     /// place; returns the plaintext length.
-    pub fn open(&self, nonce: [u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> Result<usize, AuthError> {
+    pub fn open(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<usize, AuthError> {
         if buf.len() < TAG_LEN {
             return Err(AuthError);
         }
         match self {
             Cipher::AwsLc(k) => k
-                .open_in_place(aead::Nonce::assume_unique_for_key(nonce), aead::Aad::from(aad), buf)
+                .open_in_place(
+                    aead::Nonce::assume_unique_for_key(nonce),
+                    aead::Aad::from(aad),
+                    buf,
+                )
                 .map(|p| p.len())
                 .map_err(|_| AuthError),
             Cipher::RustCrypto(k) => {
                 use aes_gcm::aead::AeadInPlace;
                 let n = buf.len() - TAG_LEN;
                 let (data, tag) = buf.split_at_mut(n);
-                k.decrypt_in_place_detached((&nonce).into(), aad, data, aes_gcm::Tag::from_slice(tag))
-                    .map(|_| n)
-                    .map_err(|_| AuthError)
+                k.decrypt_in_place_detached(
+                    (&nonce).into(),
+                    aad,
+                    data,
+                    aes_gcm::Tag::from_slice(tag),
+                )
+                .map(|_| n)
+                .map_err(|_| AuthError)
             }
         }
     }
@@ -146,15 +162,25 @@ mod tests {
             c.seal(frame_nonce(3), b"aad", &mut buf);
             // Same ciphertext from the other implementation.
             let other = Cipher::new(
-                if imp == CipherImpl::AwsLc { CipherImpl::RustCrypto } else { CipherImpl::AwsLc },
+                if imp == CipherImpl::AwsLc {
+                    CipherImpl::RustCrypto
+                } else {
+                    CipherImpl::AwsLc
+                },
                 &key,
             );
             let mut copy = buf.clone();
             let n = other.open(frame_nonce(3), b"aad", &mut copy).unwrap();
             assert_eq!(&copy[..n], b"hello frames");
             // Wrong nonce, wrong aad, flipped bit: all rejected.
-            assert_eq!(c.open(frame_nonce(4), b"aad", &mut buf.clone()), Err(AuthError));
-            assert_eq!(c.open(frame_nonce(3), b"aaD", &mut buf.clone()), Err(AuthError));
+            assert_eq!(
+                c.open(frame_nonce(4), b"aad", &mut buf.clone()),
+                Err(AuthError)
+            );
+            assert_eq!(
+                c.open(frame_nonce(3), b"aaD", &mut buf.clone()),
+                Err(AuthError)
+            );
             let mut bad = buf.clone();
             bad[0] ^= 1;
             assert_eq!(c.open(frame_nonce(3), b"aad", &mut bad), Err(AuthError));

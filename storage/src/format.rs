@@ -12,9 +12,10 @@
 //!   first bytes.
 //! * **frames**: the file cut into fixed raw-size pieces (`frame_size`, default
 //!   1 MiB, a multiple of 8 KiB; the last may be shorter). Each is compressed
-//!   with zstd (stored raw instead if compression does not shrink it), then,
-//!   when a key is configured, encrypted with AES-256-GCM and followed by its
-//!   16-byte tag. Frames decode independently, so any 8 KiB block costs one
+//!   with zstd (stored raw instead if compression does not shrink it), then
+//!   followed by a 16-byte tag: with a key, encrypted with AES-256-GCM and
+//!   the GCM tag; without, the xxh3_128 of the frame's associated data and
+//!   bytes. Frames decode independently, so any 8 KiB block costs one
 //!   range GET of one frame once the footer is known.
 //! * **footer index**: `frame_count` entries of 24 bytes, little-endian:
 //!   `offset u64 | stored_len u32 | raw_len u32 (bit 31: stored uncompressed)
@@ -40,7 +41,8 @@
 //! name fails to authenticate. The footer authenticator is a GCM tag (empty
 //! plaintext) over the name, the trailer (with this field zeroed) and the
 //! index; without encryption it is an xxh3_128 of the same bytes, and every
-//! frame is still checked against its xxh3_64 after decoding. Any mismatch is
+//! frame carries an xxh3_128 tag over its associated data and bytes, and is
+//! checked against its xxh3_64 after decoding either way. Any mismatch is
 //! [`Error::Corrupt`], never data.
 use crate::crypto::{self, Cipher, CipherImpl, TAG_LEN};
 use crate::error::{Error, Result};
@@ -84,14 +86,20 @@ impl Default for FormatOptions {
 
 impl FormatOptions {
     pub fn validate(&self) -> Result<()> {
-        if self.frame_size == 0 || self.frame_size % BLOCK_SIZE as u32 != 0 || self.frame_size > MAX_FRAME_SIZE {
+        if self.frame_size == 0
+            || self.frame_size % BLOCK_SIZE as u32 != 0
+            || self.frame_size > MAX_FRAME_SIZE
+        {
             return Err(Error::Config(format!(
                 "frame size {} must be a multiple of 8192 and at most {MAX_FRAME_SIZE}",
                 self.frame_size
             )));
         }
         if !(0..=22).contains(&self.zstd_level) {
-            return Err(Error::Config(format!("zstd level {} is outside 0..=22", self.zstd_level)));
+            return Err(Error::Config(format!(
+                "zstd level {} is outside 0..=22",
+                self.zstd_level
+            )));
         }
         Ok(())
     }
@@ -156,7 +164,8 @@ impl Trailer {
         let mut b = [0u8; TRAILER_LEN];
         b[0..8].copy_from_slice(&TRAILER_MAGIC);
         b[8..10].copy_from_slice(&self.version.to_le_bytes());
-        let flags = if self.encrypted { FLAG_ENCRYPTED } else { 0 } | if self.compressed { FLAG_COMPRESSED } else { 0 };
+        let flags = if self.encrypted { FLAG_ENCRYPTED } else { 0 }
+            | if self.compressed { FLAG_COMPRESSED } else { 0 };
         b[10..12].copy_from_slice(&flags.to_le_bytes());
         b[12..16].copy_from_slice(&self.frame_size.to_le_bytes());
         b[16..20].copy_from_slice(&self.frame_count.to_le_bytes());
@@ -174,7 +183,10 @@ impl Trailer {
 
     fn from_bytes(name: &str, b: &[u8]) -> Result<Trailer> {
         if b.len() != TRAILER_LEN || b[0..8] != TRAILER_MAGIC || b[120..128] != TRAILER_MAGIC {
-            return Err(Error::corrupt(name, "not a yezzey object (trailer magic missing)"));
+            return Err(Error::corrupt(
+                name,
+                "not a yezzey object (trailer magic missing)",
+            ));
         }
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
@@ -187,7 +199,10 @@ impl Trailer {
         }
         let flags = u16::from_le_bytes([b[10], b[11]]);
         if flags & !(FLAG_ENCRYPTED | FLAG_COMPRESSED) != 0 || b[96..120].iter().any(|&x| x != 0) {
-            return Err(Error::corrupt(name, "unknown flags or reserved bytes set in trailer"));
+            return Err(Error::corrupt(
+                name,
+                "unknown flags or reserved bytes set in trailer",
+            ));
         }
         Ok(Trailer {
             version,
@@ -238,9 +253,16 @@ impl ObjectCodec {
     pub fn for_writing(name: &str, opts: &FormatOptions, keys: &KeyRing) -> Result<ObjectCodec> {
         opts.validate()?;
         let mut object_id = [0u8; 16];
-        getrandom::fill(&mut object_id).map_err(|e| Error::Config(format!("OS random source: {e}")))?;
+        getrandom::fill(&mut object_id)
+            .map_err(|e| Error::Config(format!("OS random source: {e}")))?;
         let (cipher, key_id) = match keys.current() {
-            Some(k) => (Some(Cipher::new(opts.cipher, &crypto::object_key(&k.bytes, &object_id))), k.id),
+            Some(k) => (
+                Some(Cipher::new(
+                    opts.cipher,
+                    &crypto::object_key(&k.bytes, &object_id),
+                )),
+                k.id,
+            ),
             None => (None, 0),
         };
         Ok(ObjectCodec {
@@ -252,16 +274,26 @@ impl ObjectCodec {
         })
     }
 
-    fn for_reading(name: &str, t: &Trailer, keys: &KeyRing, imp: CipherImpl) -> Result<ObjectCodec> {
+    fn for_reading(
+        name: &str,
+        t: &Trailer,
+        keys: &KeyRing,
+        imp: CipherImpl,
+    ) -> Result<ObjectCodec> {
         let cipher = if t.encrypted {
             if keys.is_empty() {
-                return Err(Error::KeyRequired { name: name.to_string() });
+                return Err(Error::KeyRequired {
+                    name: name.to_string(),
+                });
             }
             let k = keys.get(t.key_id).ok_or_else(|| Error::UnknownKey {
                 name: name.to_string(),
                 key_id: t.key_id,
             })?;
-            Some(Cipher::new(imp, &crypto::object_key(&k.bytes, &t.object_id)))
+            Some(Cipher::new(
+                imp,
+                &crypto::object_key(&k.bytes, &t.object_id),
+            ))
         } else {
             None
         };
@@ -306,9 +338,14 @@ impl ObjectCodec {
         if !compressed {
             bytes.extend_from_slice(raw);
         }
-        if let Some(c) = &self.cipher {
-            bytes.reserve(TAG_LEN);
-            c.seal(crypto::frame_nonce(index), &self.frame_aad(index, raw.len() as u32, compressed), &mut bytes);
+        let aad = self.frame_aad(index, raw.len() as u32, compressed);
+        bytes.reserve(TAG_LEN);
+        match &self.cipher {
+            Some(c) => c.seal(crypto::frame_nonce(index), &aad, &mut bytes),
+            None => {
+                let tag = plain_tag(&aad, &bytes);
+                bytes.extend_from_slice(&tag);
+            }
         }
         EncodedFrame {
             bytes,
@@ -320,22 +357,43 @@ impl ObjectCodec {
 
     /// Authenticates, decrypts and decompresses a frame. `stored` is the
     /// frame's bytes as read from the store; it is decrypted in place.
-    pub fn decode_frame(&self, index: u32, entry: &FrameEntry, stored: &mut [u8]) -> Result<Vec<u8>> {
+    pub fn decode_frame(
+        &self,
+        index: u32,
+        entry: &FrameEntry,
+        stored: &mut [u8],
+    ) -> Result<Vec<u8>> {
         if stored.len() != entry.stored_len as usize {
             return Err(Error::corrupt(
                 &self.name,
-                format!("frame {index}: read {} bytes, index says {}", stored.len(), entry.stored_len),
+                format!(
+                    "frame {index}: read {} bytes, index says {}",
+                    stored.len(),
+                    entry.stored_len
+                ),
             ));
         }
+        let aad = self.frame_aad(index, entry.raw_len, entry.compressed);
+        let failed = || {
+            Error::corrupt(
+                &self.name,
+                format!("frame {index} failed authentication (altered, foreign or wrong key)"),
+            )
+        };
         let payload: &[u8] = match &self.cipher {
             Some(c) => {
-                let aad = self.frame_aad(index, entry.raw_len, entry.compressed);
                 let n = c
                     .open(crypto::frame_nonce(index), &aad, stored)
-                    .map_err(|_| Error::corrupt(&self.name, format!("frame {index} failed authentication (altered, foreign or wrong key)")))?;
+                    .map_err(|_| failed())?;
                 &stored[..n]
             }
-            None => stored,
+            None => {
+                let n = stored.len().checked_sub(TAG_LEN).ok_or_else(failed)?;
+                if plain_tag(&aad, &stored[..n]) != stored[n..] {
+                    return Err(failed());
+                }
+                &stored[..n]
+            }
         };
         let raw = if entry.compressed {
             ZSTD.with(|z| z.borrow_mut().decompress(payload, entry.raw_len as usize))
@@ -344,7 +402,10 @@ impl ObjectCodec {
             payload.to_vec()
         };
         if raw.len() != entry.raw_len as usize || xxh3_64(&raw) != entry.checksum {
-            return Err(Error::corrupt(&self.name, format!("frame {index}: checksum mismatch")));
+            return Err(Error::corrupt(
+                &self.name,
+                format!("frame {index}: checksum mismatch"),
+            ));
         }
         Ok(raw)
     }
@@ -369,6 +430,16 @@ impl ObjectCodec {
     }
 }
 
+/// The tag of an unencrypted frame: detects any change to its bytes (a
+/// flip in zstd's unused bits would otherwise decode to the same output) and
+/// binds it to its object and position like the GCM tag does.
+fn plain_tag(aad: &[u8], payload: &[u8]) -> [u8; TAG_LEN] {
+    let mut h = Xxh3::new();
+    h.update(aad);
+    h.update(payload);
+    h.digest128().to_le_bytes()
+}
+
 /// Per-thread zstd contexts: creating one per frame costs more than a small frame's compression.
 struct Zstd {
     comp: Option<(i32, zstd::bulk::Compressor<'static>)>,
@@ -378,9 +449,17 @@ struct Zstd {
 impl Zstd {
     fn compress(&mut self, raw: &[u8], level: i32) -> Vec<u8> {
         if self.comp.as_ref().map(|c| c.0) != Some(level) {
-            self.comp = Some((level, zstd::bulk::Compressor::new(level).expect("zstd context")));
+            self.comp = Some((
+                level,
+                zstd::bulk::Compressor::new(level).expect("zstd context"),
+            ));
         }
-        self.comp.as_mut().unwrap().1.compress(raw).expect("zstd compress")
+        self.comp
+            .as_mut()
+            .unwrap()
+            .1
+            .compress(raw)
+            .expect("zstd compress")
     }
 
     fn decompress(&mut self, data: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
@@ -408,7 +487,10 @@ pub struct ObjectWriter {
 
 impl ObjectWriter {
     /// Returns the writer and the object's first bytes.
-    pub fn new(codec: std::sync::Arc<ObjectCodec>, opts: &FormatOptions) -> (ObjectWriter, Vec<u8>) {
+    pub fn new(
+        codec: std::sync::Arc<ObjectCodec>,
+        opts: &FormatOptions,
+    ) -> (ObjectWriter, Vec<u8>) {
         let w = ObjectWriter {
             codec,
             frame_size: opts.frame_size,
@@ -434,7 +516,9 @@ impl ObjectWriter {
     pub fn push(&mut self, raw: &[u8], frame: EncodedFrame) -> Vec<u8> {
         debug_assert_eq!(raw.len(), frame.raw_len as usize);
         assert!(
-            self.entries.last().is_none_or(|e| e.raw_len == self.frame_size),
+            self.entries
+                .last()
+                .is_none_or(|e| e.raw_len == self.frame_size),
             "only the last frame may be short"
         );
         self.hasher.update(raw);
@@ -478,7 +562,12 @@ impl ObjectWriter {
 }
 
 /// Encodes a whole in-memory file (tests, the CLI, small objects).
-pub fn encode_all(name: &str, raw: &[u8], opts: &FormatOptions, keys: &KeyRing) -> Result<(Vec<u8>, Trailer)> {
+pub fn encode_all(
+    name: &str,
+    raw: &[u8],
+    opts: &FormatOptions,
+    keys: &KeyRing,
+) -> Result<(Vec<u8>, Trailer)> {
     let codec = std::sync::Arc::new(ObjectCodec::for_writing(name, opts, keys)?);
     let (mut w, mut out) = ObjectWriter::new(codec, opts);
     for (i, chunk) in raw.chunks(opts.frame_size as usize).enumerate() {
@@ -502,16 +591,27 @@ pub struct ObjectLayout {
 pub enum TailParse {
     Complete(ObjectLayout),
     /// The index starts before the bytes given: fetch from `start` to the end.
-    NeedFrom { start: u64 },
+    NeedFrom {
+        start: u64,
+    },
 }
 
 impl ObjectLayout {
     /// Parses and verifies the end of an object. `tail` holds the object's
     /// last `tail.len()` bytes and `object_len` is its full length.
-    pub fn parse_tail(name: &str, object_len: u64, tail: &[u8], keys: &KeyRing, imp: CipherImpl) -> Result<TailParse> {
+    pub fn parse_tail(
+        name: &str,
+        object_len: u64,
+        tail: &[u8],
+        keys: &KeyRing,
+        imp: CipherImpl,
+    ) -> Result<TailParse> {
         let min_len = LEAD_LEN + TRAILER_LEN as u64;
         if object_len < min_len || tail.len() < TRAILER_LEN || tail.len() as u64 > object_len {
-            return Err(Error::corrupt(name, format!("object is {object_len} bytes, too short to be a yezzey object")));
+            return Err(Error::corrupt(
+                name,
+                format!("object is {object_len} bytes, too short to be a yezzey object"),
+            ));
         }
         let t = Trailer::from_bytes(name, &tail[tail.len() - TRAILER_LEN..])?;
         let expect_len = (t.frame_count as u64) * FOOTER_ENTRY_LEN as u64;
@@ -519,35 +619,62 @@ impl ObjectLayout {
             || t.footer_offset + t.footer_len as u64 + TRAILER_LEN as u64 != object_len
             || t.footer_offset < LEAD_LEN
         {
-            return Err(Error::corrupt(name, "trailer does not match the object's length (truncated or appended to)"));
+            return Err(Error::corrupt(
+                name,
+                "trailer does not match the object's length (truncated or appended to)",
+            ));
         }
-        if t.frame_size == 0 || t.frame_size % BLOCK_SIZE as u32 != 0 || t.frame_size > MAX_FRAME_SIZE {
-            return Err(Error::corrupt(name, format!("invalid frame size {}", t.frame_size)));
+        if t.frame_size == 0
+            || t.frame_size % BLOCK_SIZE as u32 != 0
+            || t.frame_size > MAX_FRAME_SIZE
+        {
+            return Err(Error::corrupt(
+                name,
+                format!("invalid frame size {}", t.frame_size),
+            ));
         }
         let need = object_len - t.footer_offset;
         if (tail.len() as u64) < need {
-            return Ok(TailParse::NeedFrom { start: t.footer_offset });
+            return Ok(TailParse::NeedFrom {
+                start: t.footer_offset,
+            });
         }
         let footer = &tail[tail.len() - need as usize..tail.len() - TRAILER_LEN];
         let codec = ObjectCodec::for_reading(name, &t, keys, imp)?;
         if codec.footer_auth(&t, footer) != t.footer_auth {
-            return Err(Error::corrupt(name, "footer failed authentication (altered, foreign object or wrong key)"));
+            return Err(Error::corrupt(
+                name,
+                "footer failed authentication (altered, foreign object or wrong key)",
+            ));
         }
-        let frames: Vec<FrameEntry> = footer.chunks_exact(FOOTER_ENTRY_LEN).map(FrameEntry::decode).collect();
+        let frames: Vec<FrameEntry> = footer
+            .chunks_exact(FOOTER_ENTRY_LEN)
+            .map(FrameEntry::decode)
+            .collect();
         // Belt and braces: the layout must tile the object exactly.
         let mut off = LEAD_LEN;
         let mut raw = 0u64;
         for (i, f) in frames.iter().enumerate() {
             let last = i + 1 == frames.len();
-            let raw_ok = if last { f.raw_len >= 1 && f.raw_len <= t.frame_size } else { f.raw_len == t.frame_size };
-            if f.offset != off || !raw_ok || (t.encrypted && (f.stored_len as usize) < TAG_LEN) {
-                return Err(Error::corrupt(name, format!("frame index entry {i} is inconsistent")));
+            let raw_ok = if last {
+                f.raw_len >= 1 && f.raw_len <= t.frame_size
+            } else {
+                f.raw_len == t.frame_size
+            };
+            if f.offset != off || !raw_ok || (f.stored_len as usize) < TAG_LEN {
+                return Err(Error::corrupt(
+                    name,
+                    format!("frame index entry {i} is inconsistent"),
+                ));
             }
             off += f.stored_len as u64;
             raw += f.raw_len as u64;
         }
         if off != t.footer_offset || raw != t.raw_len {
-            return Err(Error::corrupt(name, "frame index does not add up to the trailer's sizes"));
+            return Err(Error::corrupt(
+                name,
+                "frame index does not add up to the trailer's sizes",
+            ));
         }
         Ok(TailParse::Complete(ObjectLayout {
             trailer: t,
@@ -641,7 +768,10 @@ mod tests {
                 let (obj, t) = encode_all("seg/a", &raw, &opts(16384), &keys).unwrap();
                 assert_eq!(t.raw_len, len as u64);
                 assert_eq!(t.frame_count as usize, len.div_ceil(16384));
-                assert_eq!(decode_all("seg/a", &obj, &keys, CipherImpl::RustCrypto).unwrap(), raw);
+                assert_eq!(
+                    decode_all("seg/a", &obj, &keys, CipherImpl::RustCrypto).unwrap(),
+                    raw
+                );
             }
         }
     }
@@ -651,8 +781,14 @@ mod tests {
         let mut raw = vec![0u8; 65536];
         getrandom::fill(&mut raw).unwrap();
         let (obj, _) = encode_all("x", &raw, &opts(16384), &KeyRing::none()).unwrap();
-        assert!(obj.len() < raw.len() + 4 * FOOTER_ENTRY_LEN + TRAILER_LEN + 8 + 1);
-        assert_eq!(decode_all("x", &obj, &KeyRing::none(), CipherImpl::AwsLc).unwrap(), raw);
+        assert_eq!(
+            obj.len(),
+            raw.len() + 4 * (TAG_LEN + FOOTER_ENTRY_LEN) + TRAILER_LEN + 8
+        );
+        assert_eq!(
+            decode_all("x", &obj, &KeyRing::none(), CipherImpl::AwsLc).unwrap(),
+            raw
+        );
     }
 
     #[test]
@@ -680,9 +816,18 @@ mod tests {
         let k2 = KeyRing::new([Key::generate()]);
         let raw = sample(50000, 3);
         let (obj, _) = encode_all("seg/1", &raw, &opts(16384), &k1).unwrap();
-        assert!(matches!(decode_all("seg/2", &obj, &k1, CipherImpl::AwsLc), Err(Error::Corrupt { .. })));
-        assert!(matches!(decode_all("seg/1", &obj, &k2, CipherImpl::AwsLc), Err(Error::UnknownKey { .. })));
-        assert!(matches!(decode_all("seg/1", &obj, &KeyRing::none(), CipherImpl::AwsLc), Err(Error::KeyRequired { .. })));
+        assert!(matches!(
+            decode_all("seg/2", &obj, &k1, CipherImpl::AwsLc),
+            Err(Error::Corrupt { .. })
+        ));
+        assert!(matches!(
+            decode_all("seg/1", &obj, &k2, CipherImpl::AwsLc),
+            Err(Error::UnknownKey { .. })
+        ));
+        assert!(matches!(
+            decode_all("seg/1", &obj, &KeyRing::none(), CipherImpl::AwsLc),
+            Err(Error::KeyRequired { .. })
+        ));
         for cut in [1, 100, obj.len() - 10] {
             assert!(decode_all("seg/1", &obj[..obj.len() - cut], &k1, CipherImpl::AwsLc).is_err());
         }
@@ -709,7 +854,12 @@ mod tests {
         assert!(codec.decode_frame(1, &e1, &mut b).is_ok());
         let mut b = f1.bytes.clone();
         assert!(codec.decode_frame(0, &e1, &mut b).is_err());
-        let e0 = FrameEntry { stored_len: f0.bytes.len() as u32, compressed: f0.compressed, checksum: f0.checksum, ..e1 };
+        let e0 = FrameEntry {
+            stored_len: f0.bytes.len() as u32,
+            compressed: f0.compressed,
+            checksum: f0.checksum,
+            ..e1
+        };
         let mut b = f0.bytes.clone();
         assert!(codec.decode_frame(1, &e0, &mut b).is_err());
     }
@@ -719,9 +869,25 @@ mod tests {
         let raw = sample(100 * 8192, 1);
         let (obj, _) = encode_all("big", &raw, &opts(8192), &KeyRing::none()).unwrap();
         let tail = &obj[obj.len() - 200..];
-        match ObjectLayout::parse_tail("big", obj.len() as u64, tail, &KeyRing::none(), CipherImpl::AwsLc).unwrap() {
+        match ObjectLayout::parse_tail(
+            "big",
+            obj.len() as u64,
+            tail,
+            &KeyRing::none(),
+            CipherImpl::AwsLc,
+        )
+        .unwrap()
+        {
             TailParse::NeedFrom { start } => {
-                let l = match ObjectLayout::parse_tail("big", obj.len() as u64, &obj[start as usize..], &KeyRing::none(), CipherImpl::AwsLc).unwrap() {
+                let l = match ObjectLayout::parse_tail(
+                    "big",
+                    obj.len() as u64,
+                    &obj[start as usize..],
+                    &KeyRing::none(),
+                    CipherImpl::AwsLc,
+                )
+                .unwrap()
+                {
                     TailParse::Complete(l) => l,
                     _ => panic!("still incomplete"),
                 };

@@ -31,10 +31,11 @@ impl Key {
 
     pub fn from_hex(s: &str) -> Result<Key> {
         let s = s.trim();
-        let v = hex::decode(s).map_err(|_| Error::BadKey("key must be 64 hexadecimal digits".into()))?;
-        let bytes: [u8; KEY_LEN] = v
-            .try_into()
-            .map_err(|v: Vec<u8>| Error::BadKey(format!("key is {} bits, expected 256", v.len() * 8)))?;
+        let v = hex::decode(s)
+            .map_err(|_| Error::BadKey("key must be 64 hexadecimal digits".into()))?;
+        let bytes: [u8; KEY_LEN] = v.try_into().map_err(|v: Vec<u8>| {
+            Error::BadKey(format!("key is {} bits, expected 256", v.len() * 8))
+        })?;
         Ok(Key::from_bytes(bytes))
     }
 
@@ -78,7 +79,9 @@ impl KeyRing {
             if line.is_empty() {
                 continue;
             }
-            keys.push(Key::from_hex(line).map_err(|e| Error::BadKey(format!("line {}: {e}", n + 1)))?);
+            keys.push(
+                Key::from_hex(line).map_err(|e| Error::BadKey(format!("line {}: {e}", n + 1)))?,
+            );
         }
         if keys.is_empty() {
             return Err(Error::BadKey("key file holds no key".into()));
@@ -113,7 +116,8 @@ mod tests {
     fn parse_rotation_and_errors() {
         let a = Key::generate();
         let b = Key::generate();
-        let ring = KeyRing::parse(&format!("# new\n{}\n\n{}  # old\n", b.to_hex(), a.to_hex())).unwrap();
+        let ring =
+            KeyRing::parse(&format!("# new\n{}\n\n{}  # old\n", b.to_hex(), a.to_hex())).unwrap();
         assert_eq!(ring.current().unwrap().id, b.id);
         assert!(ring.get(a.id).is_some());
         assert_ne!(a.id, b.id);

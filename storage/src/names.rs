@@ -54,7 +54,10 @@ impl SegmentId {
     }
 
     pub fn fork_name(&self) -> &'static str {
-        FORK_NAMES.get(self.fork as usize).copied().unwrap_or("unknown")
+        FORK_NAMES
+            .get(self.fork as usize)
+            .copied()
+            .unwrap_or("unknown")
     }
 }
 
@@ -82,7 +85,10 @@ impl ObjectName {
         if file.len() != 4 || file[3] != "yz" {
             return Err(bad());
         }
-        let fork = FORK_NAMES.iter().position(|f| *f == file[0]).ok_or_else(bad)? as u8;
+        let fork = FORK_NAMES
+            .iter()
+            .position(|f| *f == file[0])
+            .ok_or_else(bad)? as u8;
         let id = hex::decode(file[2]).map_err(|_| bad())?;
         Ok(ObjectName {
             segment: SegmentId {
@@ -139,7 +145,13 @@ mod tests {
             "7400000000000000001/seg-1/1663/5/16384/main.385.abababababababababababababababab.yz"
         );
         assert_eq!(ObjectName::parse(&rel).unwrap(), n);
-        let gp = ObjectName { segment: SegmentId { content: 12, ..n.segment }, ..n };
+        let gp = ObjectName {
+            segment: SegmentId {
+                content: 12,
+                ..n.segment
+            },
+            ..n
+        };
         assert_eq!(ObjectName::parse(&gp.relative()).unwrap(), gp);
         assert!(ObjectName::parse("a/b/c").is_err());
         assert_eq!(join_key("/pfx/", "x/y"), "pfx/x/y");

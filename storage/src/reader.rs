@@ -66,7 +66,7 @@ type FrameResult = std::result::Result<Frame, Arc<Error>>;
 type FrameKey = (Arc<str>, u32);
 
 struct Inner {
-    store: AnyStore,
+    store: Arc<AnyStore>,
     keys: KeyRing,
     cipher: CipherImpl,
     cache: Option<FrameCache>,
@@ -115,8 +115,14 @@ const PERMIT_BYTES: u64 = 1024;
 
 fn dup_err(e: &Error) -> Error {
     match e {
-        Error::Corrupt { name, detail } => Error::Corrupt { name: name.clone(), detail: detail.clone() },
-        Error::UnknownKey { name, key_id } => Error::UnknownKey { name: name.clone(), key_id: *key_id },
+        Error::Corrupt { name, detail } => Error::Corrupt {
+            name: name.clone(),
+            detail: detail.clone(),
+        },
+        Error::UnknownKey { name, key_id } => Error::UnknownKey {
+            name: name.clone(),
+            key_id: *key_id,
+        },
         Error::KeyRequired { name } => Error::KeyRequired { name: name.clone() },
         Error::NotFound(m) => Error::NotFound(m.clone()),
         Error::AccessDenied(m) => Error::AccessDenied(m.clone()),
@@ -126,8 +132,15 @@ fn dup_err(e: &Error) -> Error {
 }
 
 impl RemoteReader {
-    pub fn new(store: AnyStore, keys: KeyRing, cipher: CipherImpl, cache: Option<FrameCache>, cfg: ReadaheadConfig) -> RemoteReader {
-        let permits = (cfg.inflight_bytes / PERMIT_BYTES).clamp(1, Semaphore::MAX_PERMITS as u64) as usize;
+    pub fn new(
+        store: Arc<AnyStore>,
+        keys: KeyRing,
+        cipher: CipherImpl,
+        cache: Option<FrameCache>,
+        cfg: ReadaheadConfig,
+    ) -> RemoteReader {
+        let permits =
+            (cfg.inflight_bytes / PERMIT_BYTES).clamp(1, Semaphore::MAX_PERMITS as u64) as usize;
         RemoteReader(Arc::new(Inner {
             store,
             keys,
@@ -147,7 +160,7 @@ impl RemoteReader {
         }))
     }
 
-    pub fn store(&self) -> &AnyStore {
+    pub fn store(&self) -> &Arc<AnyStore> {
         &self.0.store
     }
 
@@ -174,12 +187,21 @@ impl RemoteReader {
                 inner.stats.gets.fetch_add(1, Ordering::Relaxed);
                 match ObjectLayout::parse_tail(name, len, &all, &inner.keys, inner.cipher)? {
                     TailParse::Complete(l) => l,
-                    TailParse::NeedFrom { .. } => return Err(Error::corrupt(name, "index does not fit where the trailer says")),
+                    TailParse::NeedFrom { .. } => {
+                        return Err(Error::corrupt(
+                            name,
+                            "index does not fit where the trailer says",
+                        ))
+                    }
                 }
             }
         };
         let l = Arc::new(layout);
-        inner.layouts.lock().unwrap().put(Arc::from(name), l.clone());
+        inner
+            .layouts
+            .lock()
+            .unwrap()
+            .put(Arc::from(name), l.clone());
         Ok(l)
     }
 
@@ -190,7 +212,10 @@ impl RemoteReader {
         if end > layout.trailer.raw_len {
             return Err(Error::corrupt(
                 name,
-                format!("read of bytes {offset}..{end} beyond the object's {} raw bytes", layout.trailer.raw_len),
+                format!(
+                    "read of bytes {offset}..{end} beyond the object's {} raw bytes",
+                    layout.trailer.raw_len
+                ),
             ));
         }
         let name: Arc<str> = Arc::from(name);
@@ -202,7 +227,8 @@ impl RemoteReader {
             let in_frame = (pos % fs) as usize;
             let n = ((fs - pos % fs).min(end - pos)) as usize;
             self.note_access(&name, &layout, frame);
-            self.read_frame_part(&name, &layout, frame, in_frame, &mut out[done..done + n]).await?;
+            self.read_frame_part(&name, &layout, frame, in_frame, &mut out[done..done + n])
+                .await?;
             pos += n as u64;
             done += n;
         }
@@ -222,13 +248,21 @@ impl RemoteReader {
         crate::runtime::runtime().spawn(async move {
             if let Ok(layout) = this.layout(&name).await {
                 let fs = layout.trailer.frame_size as u64;
-                let last = ((offset + len.max(1) - 1) / fs).min(layout.frames.len().saturating_sub(1) as u64);
+                let last = ((offset + len.max(1) - 1) / fs)
+                    .min(layout.frames.len().saturating_sub(1) as u64);
                 this.spawn_fetch(&name, &layout, (offset / fs) as u32, last as u32 + 1, false);
             }
         });
     }
 
-    async fn read_frame_part(&self, name: &Arc<str>, layout: &Arc<ObjectLayout>, frame: u32, off: usize, out: &mut [u8]) -> Result<()> {
+    async fn read_frame_part(
+        &self,
+        name: &Arc<str>,
+        layout: &Arc<ObjectLayout>,
+        frame: u32,
+        off: usize,
+        out: &mut [u8],
+    ) -> Result<()> {
         let inner = &self.0;
         let aligned = off % crate::format::BLOCK_SIZE == 0;
         let key: FrameKey = (name.clone(), frame);
@@ -266,7 +300,10 @@ impl RemoteReader {
                 }
                 // After a second look, fetch even if the cache claims the frame
                 // (an entry that exists but cannot be read).
-                None => match self.spawn_fetch(name, layout, frame, frame + 1, attempt >= 2).pop() {
+                None => match self
+                    .spawn_fetch(name, layout, frame, frame + 1, attempt >= 2)
+                    .pop()
+                {
                     Some(rx) => rx,
                     None => continue,
                 },
@@ -324,22 +361,35 @@ impl RemoteReader {
     /// Starts fetching frames `[first, end)` that are not cached, in memory
     /// or already in flight, coalescing neighbours into range GETs. Returns
     /// receivers for the frames it started (in order).
-    fn spawn_fetch(&self, name: &Arc<str>, layout: &Arc<ObjectLayout>, first: u32, end: u32, force: bool) -> Vec<watch::Receiver<Option<FrameResult>>> {
+    fn spawn_fetch(
+        &self,
+        name: &Arc<str>,
+        layout: &Arc<ObjectLayout>,
+        first: u32,
+        end: u32,
+        force: bool,
+    ) -> Vec<watch::Receiver<Option<FrameResult>>> {
         let inner = &self.0;
         let mut started = Vec::new();
         let mut run: Vec<(u32, watch::Sender<Option<FrameResult>>)> = Vec::new();
         let mut run_bytes = 0u64;
-        let flush = |run: &mut Vec<(u32, watch::Sender<Option<FrameResult>>)>, run_bytes: &mut u64| {
+        let flush = |run: &mut Vec<(u32, watch::Sender<Option<FrameResult>>)>,
+                     run_bytes: &mut u64| {
             if !run.is_empty() {
                 let this = self.clone();
                 let (name, layout, batch) = (name.clone(), layout.clone(), std::mem::take(run));
-                crate::runtime::runtime().spawn(async move { this.fetch_run(name, layout, batch).await });
+                crate::runtime::runtime()
+                    .spawn(async move { this.fetch_run(name, layout, batch).await });
                 *run_bytes = 0;
             }
         };
         for frame in first..end {
             let key: FrameKey = (name.clone(), frame);
-            let have = !force && inner.cache.as_ref().is_some_and(|c| c.contains(name, frame))
+            let have = !force
+                && inner
+                    .cache
+                    .as_ref()
+                    .is_some_and(|c| c.contains(name, frame))
                 || inner.memory.lock().unwrap().lru.contains(&key);
             let mut inflight = inner.inflight.lock().unwrap();
             if have || inflight.contains_key(&key) {
@@ -364,7 +414,12 @@ impl RemoteReader {
 
     /// Fetches consecutive frames with one range GET, decodes each, publishes
     /// it to waiters, memory and the disk cache.
-    async fn fetch_run(&self, name: Arc<str>, layout: Arc<ObjectLayout>, batch: Vec<(u32, watch::Sender<Option<FrameResult>>)>) {
+    async fn fetch_run(
+        &self,
+        name: Arc<str>,
+        layout: Arc<ObjectLayout>,
+        batch: Vec<(u32, watch::Sender<Option<FrameResult>>)>,
+    ) {
         let inner = &self.0;
         let a = batch[0].0 as usize;
         let b = batch[batch.len() - 1].0 as usize;
@@ -378,10 +433,18 @@ impl RemoteReader {
         inner.stats.gets.fetch_add(1, Ordering::Relaxed);
         let finish = |frame: u32, tx: &watch::Sender<Option<FrameResult>>, r: FrameResult| {
             if let Ok(f) = &r {
-                inner.memory.lock().unwrap().put((name.clone(), frame), f.clone());
+                inner
+                    .memory
+                    .lock()
+                    .unwrap()
+                    .put((name.clone(), frame), f.clone());
             }
             let _ = tx.send(Some(r));
-            inner.inflight.lock().unwrap().remove(&(name.clone(), frame));
+            inner
+                .inflight
+                .lock()
+                .unwrap()
+                .remove(&(name.clone(), frame));
         };
         let data = match fetched {
             Ok(d) => d,
@@ -393,12 +456,18 @@ impl RemoteReader {
                 return;
             }
         };
-        inner.stats.get_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        inner
+            .stats
+            .get_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         let prefetched = batch.len() as u64 - 1;
         for (frame, tx) in &batch {
             let r = layout.frames[*frame as usize].range();
             let mut stored = data[(r.start - start) as usize..(r.end - start) as usize].to_vec();
-            let decoded = layout.decode_frame(*frame as usize, &mut stored).map(Arc::new).map_err(Arc::new);
+            let decoded = layout
+                .decode_frame(*frame as usize, &mut stored)
+                .map(Arc::new)
+                .map_err(Arc::new);
             if let (Ok(f), Some(c)) = (&decoded, &inner.cache) {
                 // A cache that cannot take the frame (disk full) must not fail the read.
                 let _ = c.insert(&name, *frame, f);
@@ -406,6 +475,9 @@ impl RemoteReader {
             inner.stats.frames_fetched.fetch_add(1, Ordering::Relaxed);
             finish(*frame, tx, decoded);
         }
-        inner.stats.frames_prefetched.fetch_add(prefetched, Ordering::Relaxed);
+        inner
+            .stats
+            .frames_prefetched
+            .fetch_add(prefetched, Ordering::Relaxed);
     }
 }

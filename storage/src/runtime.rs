@@ -85,7 +85,8 @@ mod tests {
                 unsafe {
                     let mut cur: libc::sigset_t = std::mem::zeroed();
                     libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur);
-                    libc::sigismember(&cur, libc::SIGUSR1) == 1 && libc::sigismember(&cur, libc::SIGINT) == 1
+                    libc::sigismember(&cur, libc::SIGUSR1) == 1
+                        && libc::sigismember(&cur, libc::SIGINT) == 1
                 }
             })
             .await

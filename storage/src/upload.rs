@@ -76,20 +76,25 @@ impl Parts<'_> {
         }
         let (store, mp, n) = (self.store.clone(), self.mp.clone().unwrap(), self.next);
         self.next += 1;
-        self.running.spawn(async move { store.upload_part(&mp, n, Bytes::from(part)).await });
+        self.running
+            .spawn(async move { store.upload_part(&mp, n, Bytes::from(part)).await });
         Ok(())
     }
 
     async fn reap_one(&mut self) -> Result<()> {
         if let Some(r) = self.running.join_next().await {
-            self.done.push(r.map_err(|e| Error::Store(format!("upload task failed: {e}")))??);
+            self.done
+                .push(r.map_err(|e| Error::Store(format!("upload task failed: {e}")))??);
         }
         Ok(())
     }
 
     async fn finish(&mut self) -> Result<()> {
         if self.mp.is_none() {
-            return self.store.put(self.name, Bytes::from(std::mem::take(&mut self.pending))).await;
+            return self
+                .store
+                .put(self.name, Bytes::from(std::mem::take(&mut self.pending)))
+                .await;
         }
         if !self.pending.is_empty() {
             let last = std::mem::take(&mut self.pending);
@@ -98,7 +103,9 @@ impl Parts<'_> {
         while !self.running.is_empty() {
             self.reap_one().await?;
         }
-        self.store.complete_multipart(self.mp.as_ref().unwrap(), std::mem::take(&mut self.done)).await
+        self.store
+            .complete_multipart(self.mp.as_ref().unwrap(), std::mem::take(&mut self.done))
+            .await
     }
 }
 
@@ -165,7 +172,9 @@ async fn encode_into(
             index += 1;
         }
         let Some(h) = queue.pop_front() else { break };
-        let (raw, frame) = h.await.map_err(|e| Error::Store(format!("encoding task failed: {e}")))?;
+        let (raw, frame) = h
+            .await
+            .map_err(|e| Error::Store(format!("encoding task failed: {e}")))?;
         consumed += raw.len() as u64;
         let bytes = writer.push(&raw, frame);
         parts.add(&bytes).await?;
@@ -174,7 +183,10 @@ async fn encode_into(
     let (tail, trailer) = writer.finish();
     parts.add(&tail).await?;
     parts.finish().await?;
-    Ok(Uploaded { trailer, stored_len: parts.total })
+    Ok(Uploaded {
+        trailer,
+        stored_len: parts.total,
+    })
 }
 
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {

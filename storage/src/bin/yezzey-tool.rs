@@ -53,12 +53,18 @@ fn parse_args() -> std::result::Result<Opts, String> {
 
 impl Opts {
     fn get(&self, flag: &str, env: &str) -> Option<String> {
-        self.flags.get(flag).cloned().or_else(|| std::env::var(env).ok()).filter(|s| !s.is_empty())
+        self.flags
+            .get(flag)
+            .cloned()
+            .or_else(|| std::env::var(env).ok())
+            .filter(|s| !s.is_empty())
     }
 
     fn num<T: std::str::FromStr>(&self, flag: &str, default: T) -> Result<T> {
         match self.flags.get(flag) {
-            Some(v) => v.parse().map_err(|_| Error::Config(format!("--{flag} {v:?} is not a number"))),
+            Some(v) => v
+                .parse()
+                .map_err(|_| Error::Config(format!("--{flag} {v:?} is not a number"))),
             None => Ok(default),
         }
     }
@@ -71,17 +77,22 @@ impl Opts {
     }
 
     fn cipher(&self) -> Result<CipherImpl> {
-        self.flags.get("cipher").map(|c| c.parse().map_err(Error::Config)).unwrap_or(Ok(CipherImpl::default()))
+        self.flags
+            .get("cipher")
+            .map(|c| c.parse().map_err(Error::Config))
+            .unwrap_or(Ok(CipherImpl::default()))
     }
 
     fn store(&self) -> Result<AnyStore> {
-        let url = self
-            .get("url", "YEZZEY_STORAGE_URL")
-            .ok_or_else(|| Error::Config("no storage URL: pass --url or set YEZZEY_STORAGE_URL".into()))?;
+        let url = self.get("url", "YEZZEY_STORAGE_URL").ok_or_else(|| {
+            Error::Config("no storage URL: pass --url or set YEZZEY_STORAGE_URL".into())
+        })?;
         let timeout = Duration::from_secs(self.num("timeout", 30u64)?);
         let s3 = S3Settings {
             endpoint: self.get("endpoint", "YEZZEY_S3_ENDPOINT"),
-            region: self.get("region", "YEZZEY_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
+            region: self
+                .get("region", "YEZZEY_S3_REGION")
+                .unwrap_or_else(|| "us-east-1".into()),
             request_timeout: timeout,
             connect_timeout: timeout.min(Duration::from_secs(5)),
             ..Default::default()
@@ -90,7 +101,10 @@ impl Opts {
     }
 
     fn arg(&self, i: usize, what: &str) -> Result<&str> {
-        self.args.get(i).map(String::as_str).ok_or_else(|| Error::Config(format!("missing {what}")))
+        self.args
+            .get(i)
+            .map(String::as_str)
+            .ok_or_else(|| Error::Config(format!("missing {what}")))
     }
 }
 
@@ -99,7 +113,10 @@ fn layout(reader: &RemoteReader, name: &str) -> Result<Arc<ObjectLayout>> {
 }
 
 fn run(o: &Opts) -> Result<()> {
-    let cmd = o.arg(0, "command (keygen, put, get, verify, header, read, ls, rm)")?;
+    let cmd = o.arg(
+        0,
+        "command (keygen, put, get, verify, header, read, ls, rm)",
+    )?;
     if cmd == "keygen" {
         println!("{}", Key::generate().to_hex());
         return Ok(());
@@ -108,7 +125,13 @@ fn run(o: &Opts) -> Result<()> {
     let keys = o.keys()?;
     let cipher = o.cipher()?;
     let reader = || -> Result<RemoteReader> {
-        Ok(RemoteReader::new(o.store()?, keys.clone(), cipher, None, ReadaheadConfig::default()))
+        Ok(RemoteReader::new(
+            store.clone(),
+            keys.clone(),
+            cipher,
+            None,
+            ReadaheadConfig::default(),
+        ))
     };
     match cmd {
         "put" => {
@@ -142,7 +165,9 @@ fn run(o: &Opts) -> Result<()> {
             let mut hasher = xxhash_rust::xxh3::Xxh3::new();
             let mut out: Box<dyn Write> = if cmd == "get" {
                 let path = o.arg(2, "FILE")?;
-                Box::new(std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| Error::io(path, e))?))
+                Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path).map_err(|e| Error::io(path, e))?,
+                ))
             } else {
                 Box::new(std::io::sink())
             };
@@ -153,14 +178,18 @@ fn run(o: &Opts) -> Result<()> {
                 let n = fs.min(l.trailer.raw_len - off) as usize;
                 block_on(r.read(name, off, &mut buf[..n]))?;
                 hasher.update(&buf[..n]);
-                out.write_all(&buf[..n]).map_err(|e| Error::io("output", e))?;
+                out.write_all(&buf[..n])
+                    .map_err(|e| Error::io("output", e))?;
                 off += n as u64;
             }
             out.flush().map_err(|e| Error::io("output", e))?;
             if hasher.digest128().to_le_bytes() != l.trailer.raw_checksum {
                 return Err(Error::corrupt(name, "whole-file checksum mismatch"));
             }
-            eprintln!("{name}: OK ({} frames, {} raw bytes)", l.trailer.frame_count, l.trailer.raw_len);
+            eprintln!(
+                "{name}: OK ({} frames, {} raw bytes)",
+                l.trailer.frame_count, l.trailer.raw_len
+            );
         }
         "header" => {
             let name = o.arg(1, "NAME")?;
@@ -186,11 +215,19 @@ fn run(o: &Opts) -> Result<()> {
         }
         "read" => {
             let name = o.arg(1, "NAME")?;
-            let off: u64 = o.arg(2, "OFFSET")?.parse().map_err(|_| Error::Config("OFFSET must be a number".into()))?;
-            let len: usize = o.arg(3, "LEN")?.parse().map_err(|_| Error::Config("LEN must be a number".into()))?;
+            let off: u64 = o
+                .arg(2, "OFFSET")?
+                .parse()
+                .map_err(|_| Error::Config("OFFSET must be a number".into()))?;
+            let len: usize = o
+                .arg(3, "LEN")?
+                .parse()
+                .map_err(|_| Error::Config("LEN must be a number".into()))?;
             let mut buf = vec![0u8; len];
             reader()?.read_blocking(name, off, &mut buf)?;
-            std::io::stdout().write_all(&buf).map_err(|e| Error::io("stdout", e))?;
+            std::io::stdout()
+                .write_all(&buf)
+                .map_err(|e| Error::io("stdout", e))?;
         }
         "ls" => {
             let prefix = o.args.get(1).map(String::as_str).unwrap_or("");

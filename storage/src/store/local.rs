@@ -19,7 +19,9 @@ const TMP_DIR: &str = ".yezzey-tmp";
 impl LocalStore {
     pub fn new(root: &Path) -> Result<LocalStore> {
         fs::create_dir_all(root.join(TMP_DIR)).map_err(|e| Error::io(root, e))?;
-        Ok(LocalStore { root: root.to_path_buf() })
+        Ok(LocalStore {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn describe(&self) -> String {
@@ -27,7 +29,11 @@ impl LocalStore {
     }
 
     fn path(&self, name: &str) -> Result<PathBuf> {
-        if name.is_empty() || name.split('/').any(|c| c.is_empty() || c == "." || c == ".." || c == TMP_DIR) {
+        if name.is_empty()
+            || name
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == ".." || c == TMP_DIR)
+        {
             return Err(Error::Config(format!("invalid object name {name:?}")));
         }
         Ok(self.root.join(name))
@@ -44,7 +50,9 @@ impl LocalStore {
     fn tmp_path(&self, tag: &str) -> PathBuf {
         let mut r = [0u8; 8];
         getrandom::fill(&mut r).expect("OS random source");
-        self.root.join(TMP_DIR).join(format!("{tag}-{}", hex::encode(r)))
+        self.root
+            .join(TMP_DIR)
+            .join(format!("{tag}-{}", hex::encode(r)))
     }
 
     /// Moves a fully written, fsynced temporary file to its final name.
@@ -53,7 +61,9 @@ impl LocalStore {
         let dir = dst.parent().unwrap();
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         fs::rename(tmp, &dst).map_err(|e| Error::io(&dst, e))?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(dir, e))
     }
 
     fn write_tmp(&self, tag: &str, chunks: &[&[u8]]) -> Result<PathBuf> {
@@ -96,7 +106,11 @@ impl LocalStore {
                 }
             } else if ft.is_file() {
                 let size = ent.metadata().map_err(|e| Error::io(&p, e))?.len();
-                let name = p.strip_prefix(&self.root).unwrap().to_string_lossy().into_owned();
+                let name = p
+                    .strip_prefix(&self.root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
                 out.push(ObjectMeta { name, size });
             }
         }
@@ -121,7 +135,9 @@ impl ObjectStore for LocalStore {
 
     async fn get_suffix(&self, name: &str, n: u64) -> Result<(Bytes, u64)> {
         let path = self.path(name)?;
-        let len = fs::metadata(&path).map_err(|e| Self::not_found(name, &path, e))?.len();
+        let len = fs::metadata(&path)
+            .map_err(|e| Self::not_found(name, &path, e))?
+            .len();
         let start = len.saturating_sub(n);
         Ok((self.read_at(name, start..len)?, len))
     }
@@ -129,7 +145,10 @@ impl ObjectStore for LocalStore {
     async fn head(&self, name: &str) -> Result<ObjectMeta> {
         let path = self.path(name)?;
         let md = fs::metadata(&path).map_err(|e| Self::not_found(name, &path, e))?;
-        Ok(ObjectMeta { name: name.to_string(), size: md.len() })
+        Ok(ObjectMeta {
+            name: name.to_string(),
+            size: md.len(),
+        })
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
@@ -155,7 +174,10 @@ impl ObjectStore for LocalStore {
         self.path(name)?;
         let mut r = [0u8; 8];
         getrandom::fill(&mut r).expect("OS random source");
-        let mp = Multipart { name: name.to_string(), upload_id: hex::encode(r) };
+        let mp = Multipart {
+            name: name.to_string(),
+            upload_id: hex::encode(r),
+        };
         let d = self.part_dir(&mp);
         fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
         Ok(mp)
@@ -164,13 +186,20 @@ impl ObjectStore for LocalStore {
     async fn upload_part(&self, mp: &Multipart, number: i32, body: Bytes) -> Result<Part> {
         let p = self.part_dir(mp).join(format!("{number:05}"));
         fs::write(&p, &body).map_err(|e| Error::io(&p, e))?;
-        Ok(Part { number, etag: format!("{number}") })
+        Ok(Part {
+            number,
+            etag: format!("{number}"),
+        })
     }
 
     async fn complete_multipart(&self, mp: &Multipart, mut parts: Vec<Part>) -> Result<()> {
         parts.sort_by_key(|p| p.number);
         let tmp = self.tmp_path("mp");
-        let mut out = OpenOptions::new().create_new(true).write(true).open(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut out = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, e))?;
         for part in &parts {
             let p = self.part_dir(mp).join(format!("{:05}", part.number));
             let mut f = File::open(&p).map_err(|e| Error::io(&p, e))?;

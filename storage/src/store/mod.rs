@@ -41,7 +41,11 @@ pub struct Part {
 /// bounded in time (timeouts and a bounded number of retries).
 pub trait ObjectStore: Send + Sync {
     fn put(&self, name: &str, body: Bytes) -> impl Future<Output = Result<()>> + Send;
-    fn get_range(&self, name: &str, range: Range<u64>) -> impl Future<Output = Result<Bytes>> + Send;
+    fn get_range(
+        &self,
+        name: &str,
+        range: Range<u64>,
+    ) -> impl Future<Output = Result<Bytes>> + Send;
     /// The last `n` bytes (all of them if the object is shorter) and the object's length.
     fn get_suffix(&self, name: &str, n: u64) -> impl Future<Output = Result<(Bytes, u64)>> + Send;
     fn head(&self, name: &str) -> impl Future<Output = Result<ObjectMeta>> + Send;
@@ -49,8 +53,17 @@ pub trait ObjectStore: Send + Sync {
     /// Deleting a missing object succeeds.
     fn delete(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
     fn create_multipart(&self, name: &str) -> impl Future<Output = Result<Multipart>> + Send;
-    fn upload_part(&self, mp: &Multipart, number: i32, body: Bytes) -> impl Future<Output = Result<Part>> + Send;
-    fn complete_multipart(&self, mp: &Multipart, parts: Vec<Part>) -> impl Future<Output = Result<()>> + Send;
+    fn upload_part(
+        &self,
+        mp: &Multipart,
+        number: i32,
+        body: Bytes,
+    ) -> impl Future<Output = Result<Part>> + Send;
+    fn complete_multipart(
+        &self,
+        mp: &Multipart,
+        parts: Vec<Part>,
+    ) -> impl Future<Output = Result<()>> + Send;
     fn abort_multipart(&self, mp: &Multipart) -> impl Future<Output = Result<()>> + Send;
 }
 
@@ -68,7 +81,9 @@ impl Location {
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
-                return Err(Error::Config(format!("{url:?}: missing bucket name (s3://bucket/prefix)")));
+                return Err(Error::Config(format!(
+                    "{url:?}: missing bucket name (s3://bucket/prefix)"
+                )));
             }
             return Ok(Location::S3 {
                 bucket: bucket.to_string(),
@@ -190,10 +205,24 @@ mod tests {
     fn parse_locations() {
         assert_eq!(
             Location::parse("s3://b/p/q/").unwrap(),
-            Location::S3 { bucket: "b".into(), prefix: "p/q".into() }
+            Location::S3 {
+                bucket: "b".into(),
+                prefix: "p/q".into()
+            }
         );
-        assert_eq!(Location::parse("s3://b").unwrap(), Location::S3 { bucket: "b".into(), prefix: "".into() });
-        assert_eq!(Location::parse("file:///x/y").unwrap(), Location::Local { root: "/x/y".into() });
+        assert_eq!(
+            Location::parse("s3://b").unwrap(),
+            Location::S3 {
+                bucket: "b".into(),
+                prefix: "".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("file:///x/y").unwrap(),
+            Location::Local {
+                root: "/x/y".into()
+            }
+        );
         assert!(Location::parse("s3:///p").is_err());
         assert!(Location::parse("relative/dir").is_err());
     }

@@ -4,8 +4,8 @@ use super::{Multipart, ObjectMeta, ObjectStore, Part, S3Settings};
 use crate::error::{Error, Result};
 use crate::names::join_key;
 use aws_sdk_s3::config::{
-    retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Credentials, Region, RequestChecksumCalculation,
-    ResponseChecksumValidation, SharedCredentialsProvider,
+    retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Credentials, Region,
+    RequestChecksumCalculation, ResponseChecksumValidation, SharedCredentialsProvider,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -36,7 +36,9 @@ impl S3Store {
                 TimeoutConfig::builder()
                     .connect_timeout(s.connect_timeout)
                     .operation_attempt_timeout(s.request_timeout)
-                    .operation_timeout(s.request_timeout * s.max_attempts.max(1) + s.connect_timeout)
+                    .operation_timeout(
+                        s.request_timeout * s.max_attempts.max(1) + s.connect_timeout,
+                    )
                     .build(),
             )
             // Our format carries its own checksums; the optional CRC headers
@@ -48,7 +50,13 @@ impl S3Store {
         }
         match (&s.access_key_id, &s.secret_access_key) {
             (Some(id), Some(secret)) => {
-                b = b.credentials_provider(Credentials::new(id, secret, None, None, "yezzey-settings"));
+                b = b.credentials_provider(Credentials::new(
+                    id,
+                    secret,
+                    None,
+                    None,
+                    "yezzey-settings",
+                ));
             }
             (None, None) => {
                 // Environment, then shared profile files; deliberately not
@@ -57,16 +65,26 @@ impl S3Store {
                     "environment",
                     aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
                 )
-                .or_else("profile", aws_config::profile::ProfileFileCredentialsProvider::builder().build());
+                .or_else(
+                    "profile",
+                    aws_config::profile::ProfileFileCredentialsProvider::builder().build(),
+                );
                 b = b.credentials_provider(SharedCredentialsProvider::new(chain));
             }
-            _ => return Err(Error::Config("set both the access key id and the secret access key, or neither".into())),
+            _ => {
+                return Err(Error::Config(
+                    "set both the access key id and the secret access key, or neither".into(),
+                ))
+            }
         }
         Ok(S3Store {
             client: Client::from_conf(b.build()),
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
-            endpoint: s.endpoint.clone().unwrap_or_else(|| format!("AWS S3 ({})", s.region)),
+            endpoint: s
+                .endpoint
+                .clone()
+                .unwrap_or_else(|| format!("AWS S3 ({})", s.region)),
             body_timeout: s.request_timeout,
             max_attempts: s.max_attempts.max(1),
         })
@@ -80,25 +98,46 @@ impl S3Store {
         join_key(&self.prefix, name)
     }
 
-    fn map_err<E>(&self, what: &str, e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Error
+    fn map_err<E>(
+        &self,
+        what: &str,
+        e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> Error
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         let ctx = format!("{what} on {}", self.describe());
         match &e {
-            SdkError::TimeoutError(_) => Error::Timeout(format!("{ctx}: no answer within the configured timeout")),
-            SdkError::DispatchFailure(d) if d.is_timeout() => Error::Timeout(format!("{ctx}: connection timed out")),
-            SdkError::DispatchFailure(_) => Error::Store(format!("{ctx}: cannot reach the store: {}", DisplayErrorContext(&e))),
+            SdkError::TimeoutError(_) => {
+                Error::Timeout(format!("{ctx}: no answer within the configured timeout"))
+            }
+            SdkError::DispatchFailure(d) if d.is_timeout() => {
+                Error::Timeout(format!("{ctx}: connection timed out"))
+            }
+            SdkError::DispatchFailure(_) => Error::Store(format!(
+                "{ctx}: cannot reach the store: {}",
+                DisplayErrorContext(&e)
+            )),
             SdkError::ServiceError(se) => {
                 let status = se.raw().status().as_u16();
                 let code = se.err().code().unwrap_or("").to_string();
-                let msg = format!("{ctx}: {} (HTTP {status})", if code.is_empty() { "error" } else { &code });
+                let msg = format!(
+                    "{ctx}: {} (HTTP {status})",
+                    if code.is_empty() { "error" } else { &code }
+                );
                 match (code.as_str(), status) {
-                    ("NoSuchBucket", _) => Error::NotFound(format!("{ctx}: bucket {:?} does not exist", self.bucket)),
-                    ("NoSuchKey" | "NotFound", _) | (_, 404) => Error::NotFound(msg),
-                    ("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "Forbidden", _) | (_, 403) => {
-                        Error::AccessDenied(msg)
+                    ("NoSuchBucket", _) => {
+                        Error::NotFound(format!("{ctx}: bucket {:?} does not exist", self.bucket))
                     }
+                    ("NoSuchKey" | "NotFound", _) | (_, 404) => Error::NotFound(msg),
+                    (
+                        "AccessDenied"
+                        | "InvalidAccessKeyId"
+                        | "SignatureDoesNotMatch"
+                        | "Forbidden",
+                        _,
+                    )
+                    | (_, 403) => Error::AccessDenied(msg),
                     _ => Error::Store(msg),
                 }
             }
@@ -126,7 +165,12 @@ impl S3Store {
             match tokio::time::timeout(self.body_timeout, resp.body.collect()).await {
                 Ok(Ok(body)) => return Ok((body.into_bytes(), content_range)),
                 Ok(Err(e)) => last = Some(Error::Store(format!("GET {key}: reading body: {e}"))),
-                Err(_) => last = Some(Error::Timeout(format!("GET {key}: body stalled for {:?}", self.body_timeout))),
+                Err(_) => {
+                    last = Some(Error::Timeout(format!(
+                        "GET {key}: body stalled for {:?}",
+                        self.body_timeout
+                    )))
+                }
             }
         }
         Err(last.unwrap())
@@ -151,7 +195,9 @@ impl ObjectStore for S3Store {
         if range.is_empty() {
             return Ok(Bytes::new());
         }
-        let (body, _) = self.get(name, format!("bytes={}-{}", range.start, range.end - 1)).await?;
+        let (body, _) = self
+            .get(name, format!("bytes={}-{}", range.start, range.end - 1))
+            .await?;
         if body.len() as u64 != range.end - range.start {
             return Err(Error::Store(format!(
                 "GET {}: asked for {} bytes, got {}",
@@ -167,9 +213,12 @@ impl ObjectStore for S3Store {
         let (body, content_range) = self.get(name, format!("bytes=-{n}")).await?;
         // "bytes 100-199/200"; absent when the whole object came back.
         let total = match content_range.as_deref().and_then(|c| c.rsplit_once('/')) {
-            Some((_, t)) => t
-                .parse()
-                .map_err(|_| Error::Store(format!("GET {}: bad Content-Range {content_range:?}", self.key(name))))?,
+            Some((_, t)) => t.parse().map_err(|_| {
+                Error::Store(format!(
+                    "GET {}: bad Content-Range {content_range:?}",
+                    self.key(name)
+                ))
+            })?,
             None => body.len() as u64,
         };
         Ok((body, total))
@@ -185,19 +234,35 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.map_err(&format!("HEAD {key}"), e))?;
-        Ok(ObjectMeta { name: name.to_string(), size: r.content_length().unwrap_or(0) as u64 })
+        Ok(ObjectMeta {
+            name: name.to_string(),
+            size: r.content_length().unwrap_or(0) as u64,
+        })
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         let full = self.key(prefix);
-        let strip = if self.prefix.is_empty() { 0 } else { self.prefix.len() + 1 };
-        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(&full).into_paginator().send();
+        let strip = if self.prefix.is_empty() {
+            0
+        } else {
+            self.prefix.len() + 1
+        };
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&full)
+            .into_paginator()
+            .send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.map_err(&format!("LIST {full}"), e))?;
             for o in page.contents() {
                 if let Some(k) = o.key() {
-                    out.push(ObjectMeta { name: k[strip.min(k.len())..].to_string(), size: o.size().unwrap_or(0) as u64 });
+                    out.push(ObjectMeta {
+                        name: k[strip.min(k.len())..].to_string(),
+                        size: o.size().unwrap_or(0) as u64,
+                    });
                 }
             }
         }
@@ -230,7 +295,10 @@ impl ObjectStore for S3Store {
             .upload_id()
             .ok_or_else(|| Error::Store(format!("CreateMultipartUpload {key}: no upload id")))?
             .to_string();
-        Ok(Multipart { name: name.to_string(), upload_id })
+        Ok(Multipart {
+            name: name.to_string(),
+            upload_id,
+        })
     }
 
     async fn upload_part(&self, mp: &Multipart, number: i32, body: Bytes) -> Result<Part> {
@@ -246,7 +314,10 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.map_err(&format!("UploadPart {key} #{number}"), e))?;
-        Ok(Part { number, etag: r.e_tag().unwrap_or_default().to_string() })
+        Ok(Part {
+            number,
+            etag: r.e_tag().unwrap_or_default().to_string(),
+        })
     }
 
     async fn complete_multipart(&self, mp: &Multipart, mut parts: Vec<Part>) -> Result<()> {
@@ -256,7 +327,12 @@ impl ObjectStore for S3Store {
             .set_parts(Some(
                 parts
                     .into_iter()
-                    .map(|p| CompletedPart::builder().part_number(p.number).e_tag(p.etag).build())
+                    .map(|p| {
+                        CompletedPart::builder()
+                            .part_number(p.number)
+                            .e_tag(p.etag)
+                            .build()
+                    })
                     .collect(),
             ))
             .build();
