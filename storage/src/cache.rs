@@ -13,10 +13,10 @@
 //! header (magic, raw length, block count, key hash), one xxh3_64 per 8 KiB
 //! block, then the raw frame.
 //!
-//! **Never a torn entry.** Entries are written under `tmp/` and renamed into
+//! **Never a torn entry.** Entries are written under `tmp/` and linked into
 //! place, so a reader sees a whole file or none; and every block read is
 //! checked against its checksum, so even an entry damaged by an OS crash
-//! (rename durable, data not) or by anything else reads as a miss, is
+//! (link durable, data not) or by anything else reads as a miss, is
 //! removed, and is fetched again.
 //!
 //! **Size limit across processes.** `used` bytes live in the shared state
@@ -25,9 +25,11 @@
 //! `evict.lock` (flock) and evicts least-recently-used entries (by mtime,
 //! which a hit refreshes at most every few seconds per entry) down to the
 //! low-water mark. Reservations precede publication, so the bytes on disk
-//! never exceed the counter, and the counter never exceeds the limit. A
-//! process that dies between reserving and publishing over-counts, which only
-//! makes eviction run early; the evictor's directory scan corrects large drift.
+//! never exceed the counter, and the counter never exceeds the limit.
+//! Entries are published with `link()`, which fails if another process
+//! published the same frame first, so nothing is counted twice. A process
+//! that dies between reserving and publishing over-counts, which only makes
+//! eviction run early; the evictor's directory scan corrects large drift.
 use crate::error::{Error, Result};
 use crate::format::BLOCK_SIZE;
 use lru::LruCache;
@@ -291,7 +293,7 @@ impl FrameCache {
         // Blocks are checksummed whole (the file pads the last one), so a
         // request that ends mid-block reads the whole block aside.
         let mut spill = Vec::new();
-        let buf: &mut [u8] = if out.len() % BLOCK_SIZE == 0 {
+        let buf: &mut [u8] = if out.len().is_multiple_of(BLOCK_SIZE) {
             out
         } else {
             spill.resize(out.len().div_ceil(BLOCK_SIZE) * BLOCK_SIZE, 0);
@@ -368,19 +370,31 @@ impl FrameCache {
         let mut r = [0u8; 8];
         getrandom::fill(&mut r).expect("OS random source");
         let tmp = self.dir.join("tmp").join(hex::encode(r));
-        let write = || -> io::Result<()> {
+        // Publish with link(): atomic like rename, but it fails if another
+        // process published the same frame first, so an entry is never
+        // replaced and its bytes never counted twice.
+        let write = || -> io::Result<bool> {
             let mut f = File::create(&tmp)?;
             f.write_all(&body)?;
             fs::create_dir_all(path.parent().unwrap())?;
-            fs::rename(&tmp, path)
+            let published = match fs::hard_link(&tmp, path) {
+                Ok(()) => true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+                Err(e) => return Err(e),
+            };
+            fs::remove_file(&tmp)?;
+            Ok(published)
         };
-        write().map_err(|e| {
+        let published = write().map_err(|e| {
             let _ = fs::remove_file(&tmp);
             Error::io(path, e)
         })?;
-        self.counter(Counter::Inserts)
-            .fetch_add(1, Ordering::Relaxed);
-        self.open.lock().unwrap().pop(&key);
+        if published {
+            self.counter(Counter::Inserts)
+                .fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.release(body.len() as u64);
+        }
         Ok(())
     }
 
@@ -439,9 +453,11 @@ impl FrameCache {
         let mut entries = self.scan()?;
         let on_disk: u64 = entries.iter().map(|e| e.1).sum();
         let counted = used.load(Ordering::Acquire);
-        // Correct large over-counting (crashed writers, cache wiped by hand).
-        if counted > on_disk + self.limit / 4 {
-            self.release(counted - on_disk);
+        // Correct large over-counting (writers that crashed after reserving,
+        // a cache wiped by hand), leaving headroom for reservations of
+        // writers still in flight, which the scan could not see.
+        if counted > on_disk + self.limit / 2 {
+            self.release(counted - on_disk - self.limit / 4);
         }
         entries.sort_by_key(|e| e.2);
         let mut evicted = 0;

@@ -87,7 +87,7 @@ impl Default for FormatOptions {
 impl FormatOptions {
     pub fn validate(&self) -> Result<()> {
         if self.frame_size == 0
-            || self.frame_size % BLOCK_SIZE as u32 != 0
+            || !self.frame_size.is_multiple_of(BLOCK_SIZE as u32)
             || self.frame_size > MAX_FRAME_SIZE
         {
             return Err(Error::Config(format!(

@@ -264,7 +264,7 @@ impl RemoteReader {
         out: &mut [u8],
     ) -> Result<()> {
         let inner = &self.0;
-        let aligned = off % crate::format::BLOCK_SIZE == 0;
+        let aligned = off.is_multiple_of(crate::format::BLOCK_SIZE);
         let key: FrameKey = (name.clone(), frame);
         // A background fetch may finish between our checks and our own
         // fetch; then nothing is started and we look again.

@@ -121,6 +121,9 @@ fn run(o: &Opts) -> Result<()> {
         println!("{}", Key::generate().to_hex());
         return Ok(());
     }
+    if cmd == "cache-stress" {
+        return cache_stress(o);
+    }
     let store = Arc::new(o.store()?);
     let keys = o.keys()?;
     let cipher = o.cipher()?;
@@ -238,6 +241,58 @@ fn run(o: &Opts) -> Result<()> {
         "rm" => block_on(store.delete(o.arg(1, "NAME")?))?,
         other => return Err(Error::Config(format!("unknown command {other:?}"))),
     }
+    Ok(())
+}
+
+/// Deterministic content of stress frame `k`: varying sizes, partial final blocks.
+fn stress_frame(k: u32) -> Vec<u8> {
+    let len = 16384 + (k as usize % 7) * 8192 + (k as usize % 3) * 1000;
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).wrapping_add(k) as u8)
+        .collect()
+}
+
+/// `cache-stress DIR LIMIT SEED OPS`: inserts and reads frames of 64 shared
+/// keys in a cache directory, checking every hit's bytes and the size limit
+/// after every insert. Run it in several processes at once to check a cache
+/// directory's file system (the tests do).
+fn cache_stress(o: &Opts) -> Result<()> {
+    let dir = PathBuf::from(o.arg(1, "DIR")?);
+    let num = |i: usize, what: &str| -> Result<u64> {
+        o.arg(i, what)?
+            .parse()
+            .map_err(|_| Error::Config(format!("{what} must be a number")))
+    };
+    let (limit, mut x, ops) = (num(2, "LIMIT")?, num(3, "SEED")? | 1, num(4, "OPS")?);
+    let cache = yezzey_storage::cache::FrameCache::open(&dir, limit)?;
+    let (mut hits, mut inserts) = (0u64, 0u64);
+    for _ in 0..ops {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let k = (x % 64) as u32;
+        let want = stress_frame(k);
+        let mut got = vec![0u8; want.len()];
+        if cache.read("stress", k, 0, &mut got) {
+            if got != want {
+                return Err(Error::corrupt(
+                    "stress",
+                    format!("frame {k}: cache returned wrong bytes"),
+                ));
+            }
+            hits += 1;
+        } else {
+            cache.insert("stress", k, &want)?;
+            inserts += 1;
+            let used = cache.stats().used_bytes;
+            if used > limit {
+                return Err(Error::Config(format!(
+                    "cache holds {used} bytes, over its limit {limit}"
+                )));
+            }
+        }
+    }
+    println!("{hits} {inserts}");
     Ok(())
 }
 

@@ -53,7 +53,7 @@ pub fn page_data(len: usize, seed: u64) -> Vec<u8> {
         x ^= x >> 7;
         x ^= x << 17;
         let run = (x % 48) as usize;
-        if x % 3 == 0 {
+        if x.is_multiple_of(3) {
             out.extend(std::iter::repeat_n((x >> 8) as u8, run));
         } else {
             out.extend((0..run).map(|i| (x >> (i % 8 * 8)) as u8));
