@@ -34,6 +34,23 @@ fsync = on
 logging_collector = off
 log_min_messages = warning
 CONF
+    # Point yezzey at the local Garage when it has been set up.
+    if [ -n "$preload" ] && [ -f "$YZ_RUN/garage/env" ]; then
+        # shellcheck disable=SC1091
+        source "$YZ_RUN/garage/env"
+        local key=$YZ_RUN/yezzey.key
+        [ -f "$key" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$key"
+        [ "$(id -u)" = 0 ] && chown "$YZ_OS_USER" "$key"
+        chmod 600 "$key"
+        cat >> "$PGDATA/postgresql.conf" <<CONF
+yezzey.storage_url = 's3://$YEZZEY_BUCKET/pg'
+yezzey.s3_endpoint = '$YEZZEY_S3_ENDPOINT'
+yezzey.s3_region = '$YEZZEY_S3_REGION'
+yezzey.s3_access_key_id = '$AWS_ACCESS_KEY_ID'
+yezzey.s3_secret_access_key = '$AWS_SECRET_ACCESS_KEY'
+yezzey.key_file = '$key'
+CONF
+    fi
 }
 
 start() {

@@ -42,9 +42,11 @@ fn main() {
     println!("cargo:rerun-if-changed={}", smgr_h.display());
     println!("cargo:rerun-if-changed=src/yezzey_smgr.c");
     println!("cargo:rerun-if-changed=src/yezzey_smgr.h");
+    println!("cargo:rerun-if-changed=src/yezzey_map.c");
 
     cc::Build::new()
         .file("src/yezzey_smgr.c")
+        .file("src/yezzey_map.c")
         .include(&include)
         .include("src")
         .flag_if_supported("-Wno-unused-parameter")
@@ -56,8 +58,10 @@ fn main() {
         .header("src/yezzey_smgr.h")
         .allowlist_function("yz_.*")
         .allowlist_type("YzSmgrCall")
+        .allowlist_type("YzSegInfo")
         .allowlist_var("yz_.*")
         .rustified_enum("YzSmgrCall")
+        .derive_default(true)
         .generate()
         .expect("bindgen on yezzey_smgr.h");
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("bindings.rs");

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use yezzey_storage::cache::FrameCache;
 use yezzey_storage::crypto::{frame_nonce, Cipher, CipherImpl};
+use yezzey_storage::format::new_object_id;
 use yezzey_storage::format::{FormatOptions, ObjectCodec, BLOCK_SIZE, DEFAULT_FRAME_SIZE};
 use yezzey_storage::keys::{Key, KeyRing};
 use yezzey_storage::reader::{ReadaheadConfig, RemoteReader};
@@ -269,7 +270,8 @@ fn main() {
             cipher: imp,
             ..Default::default()
         };
-        let codec = ObjectCodec::for_writing("bench/object", &opts, &keys).unwrap();
+        let codec =
+            ObjectCodec::for_writing("bench/object", new_object_id(), &opts, &keys).unwrap();
         let enc = mbps(runs, data.len(), || {
             for (i, f) in frames.iter().enumerate() {
                 std::hint::black_box(codec.encode_frame(i as u32, f));
@@ -360,6 +362,7 @@ fn main() {
         let u = block_on(upload(
             &store,
             &name,
+            new_object_id(),
             &keys,
             &UploadOptions::default(),
             &big[..],

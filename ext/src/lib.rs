@@ -1,12 +1,22 @@
 //! yezzey: a PostgreSQL extension that moves the files of cold relations to
 //! S3-compatible object storage behind a pluggable storage manager.
 //!
-//! This crate is the pgrx glue: module initialisation and SQL functions.
-//! The storage manager's dispatch lives in the C shim (`smgr_shim`).
+//! This crate is the pgrx glue: module initialisation, settings, the WAL
+//! resource manager, the offload/load/status/GC SQL functions and the Rust
+//! half of the read path. The storage manager's dispatch and the shared map
+//! live in the C shim (`smgr_shim`); objects, cache and S3 in `yezzey-storage`.
 use pgrx::prelude::*;
 
+mod errors;
+mod fault;
 mod init;
+mod mapfile;
+mod offload;
+mod remote;
+mod settings;
 mod stats;
+mod status;
+mod wal;
 
 ::pgrx::pg_module_magic!();
 

@@ -61,3 +61,53 @@ pub fn opened() -> (u64, u64) {
 pub fn reset_call_counts() {
     unsafe { ffi::yz_smgr_reset_call_counts() }
 }
+
+/// One offloaded segment as the shared map holds it.
+pub use ffi::YzSegInfo as SegInfo;
+
+/// The shared map of offloaded segments (`yezzey_map.c`). Every function
+/// takes the map's LWLock briefly; call from a PostgreSQL process only.
+pub mod map {
+    use super::{ffi, SegInfo};
+
+    /// Inserts or replaces a segment; false when the map is full.
+    pub fn put(seg: &SegInfo) -> bool {
+        unsafe { ffi::yz_map_put(seg) }
+    }
+
+    pub fn get(spc: u32, db: u32, rel: u32, fork: i32, segno: u32) -> Option<SegInfo> {
+        let mut out = SegInfo::default();
+        unsafe { ffi::yz_map_get(spc, db, rel, fork, segno, &mut out) }.then_some(out)
+    }
+
+    /// Removes every segment of a fork (`fork < 0`: of all forks).
+    pub fn remove(spc: u32, db: u32, rel: u32, fork: i32) -> i32 {
+        unsafe { ffi::yz_map_remove(spc, db, rel, fork) }
+    }
+
+    pub fn list() -> Vec<SegInfo> {
+        loop {
+            let n = unsafe { ffi::yz_map_list(std::ptr::null_mut(), 0) } as usize;
+            let mut v = vec![SegInfo::default(); n + 16];
+            let total = unsafe { ffi::yz_map_list(v.as_mut_ptr(), v.len() as i32) } as usize;
+            if total <= v.len() {
+                v.truncate(total);
+                return v;
+            }
+        }
+    }
+
+    pub fn has_remote(spc: u32, db: u32, rel: u32) -> bool {
+        unsafe { ffi::yz_map_rel_has_remote(spc, db, rel) }
+    }
+
+    /// Blocks per segment file (RELSEG_SIZE).
+    pub fn blocks_per_segment() -> u32 {
+        unsafe { ffi::yz_blocks_per_segment() }
+    }
+
+    /// Changes with every update of the map.
+    pub fn generation() -> u64 {
+        unsafe { ffi::yz_map_generation() }
+    }
+}

@@ -1,15 +1,19 @@
 /*
  * yezzey_smgr.c: yezzey's storage manager table (see yezzey_smgr.h).
  *
- * Stage 1 (foundation): every permanent relation is routed here and each call
- * forwards to md.  Offloaded segments will be dispatched from these same
- * functions; the md path stays the first, cheap branch.
+ * Every permanent relation is routed here and each call goes to md.  An
+ * offloaded segment stays a (sparse) local file at its usual path, so md
+ * keeps handling size, extension, truncation, unlink and fsync; reads fill
+ * the blocks that are holes in a segment's remote range from object storage,
+ * and a block written after offload is simply local again (copy-on-write).
  */
 #include "postgres.h"
 
 #include "miscadmin.h"
+#include "storage/bufpage.h"
 #include "storage/md.h"
 #include "storage/smgr.h"
+#include "utils/memutils.h"
 
 #include "yezzey_smgr.h"
 
@@ -29,6 +33,104 @@ static smgr_select_hook_type prev_select_hook = NULL;
 
 #define COUNT(c) (call_counts[(c)]++)
 
+/*
+ * Per-relation cache in SMgrRelation.smgr_private: whether the relation has
+ * remote segments, valid while the map's generation is unchanged.  Freed
+ * when the last fork is closed (smgrrelease and smgrdestroy close them all).
+ */
+typedef struct YzRelCache
+{
+	uint64_t	generation;
+	bool		has_remote;
+} YzRelCache;
+
+uint32_t
+yz_blocks_per_segment(void)
+{
+	return RELSEG_SIZE;
+}
+
+static bool
+has_remote_slow(SMgrRelation reln, uint64_t gen)
+{
+	YzRelCache *c = reln->smgr_private;
+	RelFileLocator l = reln->smgr_rlocator.locator;
+
+	if (c == NULL)
+	{
+		c = MemoryContextAlloc(TopMemoryContext, sizeof(YzRelCache));
+		reln->smgr_private = c;
+	}
+	c->has_remote = yz_map_rel_has_remote(l.spcOid, l.dbOid, l.relNumber);
+	c->generation = gen;
+	return c->has_remote;
+}
+
+/* The hot-path test: one atomic read when nothing about the map changed. */
+static inline bool
+has_remote(SMgrRelation reln)
+{
+	uint64_t	gen = yz_map_generation();
+	YzRelCache *c = reln->smgr_private;
+
+	if (likely(c != NULL && c->generation == gen))
+		return c->has_remote;
+	return has_remote_slow(reln, gen);
+}
+
+static bool
+page_is_zero(const void *page)
+{
+	const uint64_t *p = page;
+
+	/* A used page has pd_upper > 0 (bytes 14-15): rule it out cheaply first. */
+	if (((const PageHeaderData *) page)->pd_upper != 0)
+		return false;
+	for (int i = 0; i < BLCKSZ / 8; i++)
+		if (p[i] != 0)
+			return false;
+	return true;
+}
+
+/*
+ * After md has read a range, fill the blocks that are holes (all zeros) in a
+ * segment's remote range from object storage.  md reads first and the map is
+ * consulted after, so a segment being evicted right now is either still
+ * local or already in the map: the eviction publishes the map before it
+ * punches holes.
+ */
+static void
+fill_remote(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
+			void **buffers, BlockNumber nblocks)
+{
+	RelFileLocator l = reln->smgr_rlocator.locator;
+	BlockNumber i = 0;
+
+	while (i < nblocks)
+	{
+		BlockNumber blk = blocknum + i;
+		uint32_t	segno = blk / RELSEG_SIZE;
+		uint32_t	first = blk % RELSEG_SIZE;
+		YzSegInfo	seg;
+		BlockNumber run;
+
+		if (!page_is_zero(buffers[i]) ||
+			!yz_map_get(l.spcOid, l.dbOid, l.relNumber, forknum, segno, &seg) ||
+			first >= seg.remote_blocks)
+		{
+			i++;
+			continue;
+		}
+		/* A run of zero blocks within this segment's remote range. */
+		run = 1;
+		while (i + run < nblocks && first + run < seg.remote_blocks &&
+			   page_is_zero(buffers[i + run]))
+			run++;
+		yezzey_remote_read(&seg, first, run, &buffers[i]);
+		i += run;
+	}
+}
+
 static void
 yz_open(SMgrRelation reln)
 {
@@ -41,13 +143,23 @@ yz_close(SMgrRelation reln, ForkNumber forknum)
 {
 	COUNT(YZ_CALL_CLOSE);
 	mdclose(reln, forknum);
+	if (forknum == MAX_FORKNUM && reln->smgr_private != NULL)
+	{
+		pfree(reln->smgr_private);
+		reln->smgr_private = NULL;
+	}
 }
 
 static void
 yz_create(SMgrRelation reln, ForkNumber forknum, bool isRedo)
 {
+	RelFileLocator l = reln->smgr_rlocator.locator;
+
 	COUNT(YZ_CALL_CREATE);
 	mdcreate(reln, forknum, isRedo);
+	/* A reused relfilenumber must not inherit a dropped relation's objects. */
+	if (has_remote(reln) && yz_map_remove(l.spcOid, l.dbOid, l.relNumber, forknum) > 0)
+		yezzey_map_persist(l.spcOid, l.dbOid, l.relNumber, forknum);
 }
 
 static bool
@@ -60,8 +172,17 @@ yz_exists(SMgrRelation reln, ForkNumber forknum)
 static void
 yz_unlink(RelFileLocatorBackend rlocator, ForkNumber forknum, bool isRedo)
 {
+	RelFileLocator l = rlocator.locator;
+
 	COUNT(YZ_CALL_UNLINK);
 	mdunlink(rlocator, forknum, isRedo);
+	/* The relation's objects are now unreferenced: GC may remove them. */
+	if (forknum == MAIN_FORKNUM || forknum == InvalidForkNumber)
+	{
+		if (yz_map_rel_has_remote(l.spcOid, l.dbOid, l.relNumber) &&
+			yz_map_remove(l.spcOid, l.dbOid, l.relNumber, -1) > 0)
+			yezzey_map_persist(l.spcOid, l.dbOid, l.relNumber, -1);
+	}
 }
 
 static void
@@ -85,6 +206,16 @@ yz_prefetch(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 			int nblocks)
 {
 	COUNT(YZ_CALL_PREFETCH);
+	if (unlikely(has_remote(reln)))
+	{
+		RelFileLocator l = reln->smgr_rlocator.locator;
+		YzSegInfo	seg;
+		uint32_t	first = blocknum % RELSEG_SIZE;
+
+		if (yz_map_get(l.spcOid, l.dbOid, l.relNumber, forknum, blocknum / RELSEG_SIZE, &seg) &&
+			first < seg.remote_blocks)
+			yezzey_remote_prefetch(&seg, first, Min((uint32_t) nblocks, seg.remote_blocks - first));
+	}
 	return mdprefetch(reln, forknum, blocknum, nblocks);
 }
 
@@ -94,6 +225,8 @@ yz_readv(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 {
 	COUNT(YZ_CALL_READV);
 	mdreadv(reln, forknum, blocknum, buffers, nblocks);
+	if (unlikely(has_remote(reln)))
+		fill_remote(reln, forknum, blocknum, buffers, nblocks);
 }
 
 static void
@@ -123,8 +256,18 @@ static void
 yz_truncate(SMgrRelation reln, ForkNumber forknum, BlockNumber old_blocks,
 			BlockNumber nblocks)
 {
+	RelFileLocator l = reln->smgr_rlocator.locator;
+
 	COUNT(YZ_CALL_TRUNCATE);
 	mdtruncate(reln, forknum, old_blocks, nblocks);
+	/*
+	 * Blocks past the new end must never be served from an object again
+	 * (a re-extended relation reads zeros there).  Runs inside
+	 * RelationTruncate's critical section, like md's own ftruncate.
+	 */
+	if (has_remote(reln) &&
+		yz_map_truncate(l.spcOid, l.dbOid, l.relNumber, forknum, nblocks, RELSEG_SIZE) > 0)
+		yezzey_map_persist(l.spcOid, l.dbOid, l.relNumber, forknum);
 }
 
 static void
@@ -187,6 +330,7 @@ yz_select(RelFileLocator rlocator, ProcNumber backend)
 int
 yz_smgr_install(void)
 {
+	yz_map_install();
 	yz_smgr_id = smgr_register(&yz_smgr);
 	prev_select_hook = smgr_select_hook;
 	smgr_select_hook = yz_select;

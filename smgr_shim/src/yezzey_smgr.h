@@ -58,4 +58,54 @@ extern void yz_smgr_reset_call_counts(void);
 extern uint64_t yz_smgr_opened_yezzey(void);
 extern uint64_t yz_smgr_opened_md(void);
 
+/*
+ * The map of offloaded segments (yezzey_map.c), in shared memory.
+ */
+typedef struct YzSegInfo
+{
+	uint32_t	spc;
+	uint32_t	db;
+	uint32_t	rel;
+	int32_t		fork;
+	uint32_t	segno;
+	/* Blocks [0, remote_blocks) of the segment are backed by the object. */
+	uint32_t	remote_blocks;
+	uint8_t		object_id[16];
+} YzSegInfo;
+
+extern int	yz_max_segments;
+
+/* Defines yezzey.max_segments and the shared-memory hooks (from yz_smgr_install). */
+extern void yz_map_install(void);
+extern uint64_t yz_map_generation(void);
+extern bool yz_map_rel_has_remote(uint32_t spc, uint32_t db, uint32_t rel);
+extern bool yz_map_get(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
+					   uint32_t segno, YzSegInfo *out);
+/* Inserts or replaces; false when the map is full. */
+extern bool yz_map_put(const YzSegInfo *seg);
+/* Removes every segment of a fork (fork < 0: of every fork); returns how many. */
+extern int	yz_map_remove(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork);
+/* Clamps remote ranges to a fork's new length in blocks; returns entries changed. */
+extern int	yz_map_truncate(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
+							uint32_t nblocks, uint32_t blocks_per_segment);
+/* Copies up to max entries; returns the total number of entries. */
+extern int	yz_map_list(YzSegInfo *out, int max);
+
+/* Blocks per segment file (RELSEG_SIZE of this build). */
+extern uint32_t yz_blocks_per_segment(void);
+
+/*
+ * Implemented by the Rust extension; the C dispatch calls them only for
+ * relations with remote segments.  They report failures with ereport.
+ */
+/* Fills buffers for blocks [first, first + n) of a segment from its object. */
+extern void yezzey_remote_read(const YzSegInfo *seg, uint32_t first, uint32_t n, void **buffers);
+/* Hints that blocks [first, first + n) of a segment will be read soon. */
+extern void yezzey_remote_prefetch(const YzSegInfo *seg, uint32_t first, uint32_t n);
+/* Rewrites the durable map file of a fork after the shared map changed
+ * underneath it (truncate, unlink, relfilenumber reuse). */
+extern void yezzey_map_persist(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork);
+/* Loads the durable map into shared memory (postmaster start and restart). */
+extern void yezzey_map_load(void);
+
 #endif							/* YEZZEY_SMGR_H */

@@ -230,6 +230,13 @@ impl Trailer {
     }
 }
 
+/// A fresh random object id.
+pub fn new_object_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id).expect("OS random source");
+    id
+}
+
 /// Seals and opens the frames of one object.
 pub struct ObjectCodec {
     name: String,
@@ -249,12 +256,15 @@ pub struct EncodedFrame {
 }
 
 impl ObjectCodec {
-    /// A codec for a new object named `name`, with a fresh random object id.
-    pub fn for_writing(name: &str, opts: &FormatOptions, keys: &KeyRing) -> Result<ObjectCodec> {
+    /// A codec for a new object named `name` with id `object_id` (see
+    /// [`new_object_id`]; object names embed the id).
+    pub fn for_writing(
+        name: &str,
+        object_id: [u8; 16],
+        opts: &FormatOptions,
+        keys: &KeyRing,
+    ) -> Result<ObjectCodec> {
         opts.validate()?;
-        let mut object_id = [0u8; 16];
-        getrandom::fill(&mut object_id)
-            .map_err(|e| Error::Config(format!("OS random source: {e}")))?;
         let (cipher, key_id) = match keys.current() {
             Some(k) => (
                 Some(Cipher::new(
@@ -568,7 +578,7 @@ pub fn encode_all(
     opts: &FormatOptions,
     keys: &KeyRing,
 ) -> Result<(Vec<u8>, Trailer)> {
-    let codec = std::sync::Arc::new(ObjectCodec::for_writing(name, opts, keys)?);
+    let codec = std::sync::Arc::new(ObjectCodec::for_writing(name, new_object_id(), opts, keys)?);
     let (mut w, mut out) = ObjectWriter::new(codec, opts);
     for (i, chunk) in raw.chunks(opts.frame_size as usize).enumerate() {
         let f = w.codec().encode_frame(i as u32, chunk);
@@ -840,7 +850,7 @@ mod tests {
     fn frames_cannot_be_swapped() {
         let keys = KeyRing::new([Key::generate()]);
         let raw = sample(3 * 16384, 5);
-        let codec = ObjectCodec::for_writing("n", &opts(16384), &keys).unwrap();
+        let codec = ObjectCodec::for_writing("n", new_object_id(), &opts(16384), &keys).unwrap();
         let f0 = codec.encode_frame(0, &raw[..16384]);
         let f1 = codec.encode_frame(1, &raw[16384..32768]);
         let e1 = FrameEntry {

@@ -109,12 +109,14 @@ impl Parts<'_> {
     }
 }
 
-/// Uploads everything `input` yields as object `name`. `progress` is called
+/// Uploads everything `input` yields as object `name` with id `object_id`
+/// (see [`crate::format::new_object_id`]). `progress` is called
 /// with the raw bytes consumed so far after each frame. On failure nothing
 /// is left behind under `name` (a started multipart upload is aborted).
 pub async fn upload(
     store: &Arc<AnyStore>,
     name: &str,
+    object_id: [u8; 16],
     keys: &KeyRing,
     opts: &UploadOptions,
     input: impl Read,
@@ -131,7 +133,7 @@ pub async fn upload(
         opts,
         total: 0,
     };
-    let result = encode_into(&mut parts, name, keys, opts, input, progress).await;
+    let result = encode_into(&mut parts, name, object_id, keys, opts, input, progress).await;
     if result.is_err() {
         parts.running.abort_all();
         if let Some(mp) = parts.mp.take() {
@@ -144,12 +146,18 @@ pub async fn upload(
 async fn encode_into(
     parts: &mut Parts<'_>,
     name: &str,
+    object_id: [u8; 16],
     keys: &KeyRing,
     opts: &UploadOptions,
     mut input: impl Read,
     mut progress: impl FnMut(u64),
 ) -> Result<Uploaded> {
-    let codec = Arc::new(ObjectCodec::for_writing(name, &opts.format, keys)?);
+    let codec = Arc::new(ObjectCodec::for_writing(
+        name,
+        object_id,
+        &opts.format,
+        keys,
+    )?);
     let frame_size = opts.format.frame_size as usize;
     let (mut writer, lead) = ObjectWriter::new(codec.clone(), &opts.format);
     parts.add(&lead).await?;

@@ -8,6 +8,7 @@ use proptest::prelude::*;
 use std::sync::Arc;
 use yezzey_storage::cache::FrameCache;
 use yezzey_storage::crypto::CipherImpl;
+use yezzey_storage::format::new_object_id;
 use yezzey_storage::format::{FormatOptions, BLOCK_SIZE};
 use yezzey_storage::keys::KeyRing;
 use yezzey_storage::reader::{ReadaheadConfig, RemoteReader};
@@ -30,9 +31,17 @@ fn opts() -> UploadOptions {
 }
 
 fn put(store: &Arc<AnyStore>, name: &str, data: &[u8], keys: &KeyRing) -> u64 {
-    block_on(upload(store, name, keys, &opts(), data, |_| {}))
-        .unwrap()
-        .stored_len
+    block_on(upload(
+        store,
+        name,
+        new_object_id(),
+        keys,
+        &opts(),
+        data,
+        |_| {},
+    ))
+    .unwrap()
+    .stored_len
 }
 
 fn reader(store: &Arc<AnyStore>, keys: &KeyRing, cache: Option<FrameCache>) -> RemoteReader {

@@ -7,6 +7,7 @@ use common::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use yezzey_storage::crypto::CipherImpl;
+use yezzey_storage::format::new_object_id;
 use yezzey_storage::format::{FormatOptions, BLOCK_SIZE};
 use yezzey_storage::reader::{ReadaheadConfig, RemoteReader};
 use yezzey_storage::runtime::block_on;
@@ -44,7 +45,16 @@ fn stalled_store_errors_within_the_timeout() {
         },
         ..Default::default()
     };
-    block_on(upload(&s, "big", &keys, &opts, &data[..], |_| {})).unwrap();
+    block_on(upload(
+        &s,
+        "big",
+        new_object_id(),
+        &keys,
+        &opts,
+        &data[..],
+        |_| {},
+    ))
+    .unwrap();
     // No readahead: every frame is its own GET, so the freeze hits a read.
     let ra = ReadaheadConfig {
         window_bytes: 0,

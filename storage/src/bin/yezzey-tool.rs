@@ -23,6 +23,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use yezzey_storage::crypto::CipherImpl;
+use yezzey_storage::format::new_object_id;
 use yezzey_storage::format::{FormatOptions, ObjectLayout};
 use yezzey_storage::keys::{Key, KeyRing};
 use yezzey_storage::reader::{ReadaheadConfig, RemoteReader};
@@ -149,7 +150,15 @@ fn run(o: &Opts) -> Result<()> {
                 ..Default::default()
             };
             let t0 = Instant::now();
-            let up = block_on(upload(&store, name, &keys, &opts, f, |_| {}))?;
+            let up = block_on(upload(
+                &store,
+                name,
+                new_object_id(),
+                &keys,
+                &opts,
+                f,
+                |_| {},
+            ))?;
             let secs = t0.elapsed().as_secs_f64();
             eprintln!(
                 "uploaded {name}: {} raw bytes -> {} stored ({:.1}%), {} frames, {:.0} MB/s",

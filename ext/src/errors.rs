@@ -1,0 +1,64 @@
+//! Storage-core errors as PostgreSQL errors: an SQLSTATE a client can act
+//! on, the message, and a hint saying what to check.
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+use yezzey_storage::Error;
+
+/// Raises `err` as an ERROR; `context` says what yezzey was doing.
+pub fn report(err: Error, context: &str) -> ! {
+    let (code, hint): (PgSqlErrorCode, String) = match &err {
+        Error::Corrupt { .. } => (
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            "The object failed verification and was not used. Check that yezzey.storage_url points at this cluster's objects and that the object was not modified; restore it from a backup if it was.".into(),
+        ),
+        Error::UnknownKey { key_id, .. } => (
+            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("Add the key with id {key_id:08x} to the file named by yezzey.key_file (old keys stay readable while listed there)."),
+        ),
+        Error::KeyRequired { .. } => (
+            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            "Set yezzey.key_file to the file holding the key the object was written with.".into(),
+        ),
+        Error::BadKey(_) => (
+            PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
+            "A key file holds 64 hexadecimal digits per line; generate one with `yezzey-tool keygen`.".into(),
+        ),
+        Error::NotFound(m) if m.contains("bucket") => (
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            "Create the bucket, or fix yezzey.storage_url.".into(),
+        ),
+        Error::NotFound(_) => (
+            PgSqlErrorCode::ERRCODE_UNDEFINED_FILE,
+            "The object is missing from the store: check yezzey.storage_url; if it was deleted, restore it from a backup.".into(),
+        ),
+        Error::AccessDenied(_) => (
+            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            "Check yezzey.s3_access_key_id and yezzey.s3_secret_access_key (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and the key's permissions on the bucket.".into(),
+        ),
+        Error::Timeout(_) => (
+            PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+            "The object store did not answer within yezzey.timeout; check that it is running and reachable.".into(),
+        ),
+        Error::Store(_) => (
+            PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+            "Check yezzey.s3_endpoint and that the object store is running and reachable.".into(),
+        ),
+        Error::Config(_) => (
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "Set yezzey.storage_url (s3://bucket/prefix or an absolute directory) and the yezzey.* settings in postgresql.conf, then reload.".into(),
+        ),
+        Error::Io { .. } => (PgSqlErrorCode::ERRCODE_IO_ERROR, "Check free space and permissions.".into()),
+    };
+    ErrorReport::new(code, format!("{context}: {err}"), "yezzey")
+        .set_hint(hint)
+        .report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
+/// Raises a plain ERROR with an SQLSTATE, a message and a hint.
+pub fn error(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
+    ErrorReport::new(code, message, "yezzey")
+        .set_hint(hint.to_string())
+        .report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}

@@ -1,0 +1,80 @@
+//! The read path's Rust half: the C shim calls these for blocks that are
+//! holes in a segment's remote range.
+use crate::{errors, settings};
+use pgrx::pg_sys;
+use std::ffi::c_void;
+use yezzey_smgr_shim::SegInfo;
+use yezzey_storage::names::{ObjectName, SegmentId};
+
+const BLCKSZ: usize = 8192;
+
+fn object_name(seg: &SegInfo) -> String {
+    ObjectName {
+        segment: SegmentId {
+            // SAFETY: reads pg_control's copy, set at startup.
+            system_id: unsafe { pg_sys::GetSystemIdentifier() },
+            content: settings::content_id(),
+            spc: seg.spc,
+            db: seg.db,
+            relnumber: seg.rel,
+            fork: seg.fork as u8,
+            segfile: seg.segno,
+        },
+        object_id: seg.object_id,
+    }
+    .relative()
+}
+
+/// Fills `n` buffers with blocks `[first, first + n)` of an offloaded segment.
+///
+/// # Safety
+/// Called by the C shim with valid pointers to `n` page buffers.
+#[no_mangle]
+#[pgrx::pg_guard]
+pub unsafe extern "C-unwind" fn yezzey_remote_read(
+    seg: *const SegInfo,
+    first: u32,
+    n: u32,
+    buffers: *mut *mut c_void,
+) {
+    let seg = &*seg;
+    let storage = settings::storage();
+    let name = object_name(seg);
+    let mut data = vec![0u8; n as usize * BLCKSZ];
+    if let Err(e) = storage
+        .reader
+        .read_blocking(&name, first as u64 * BLCKSZ as u64, &mut data)
+    {
+        errors::report(
+            e,
+            &format!(
+                "could not read blocks {}..{} of segment {} of relation {}/{}/{} from object storage",
+                first,
+                first + n,
+                seg.segno,
+                seg.spc,
+                seg.db,
+                seg.rel
+            ),
+        );
+    }
+    for (i, block) in data.chunks_exact(BLCKSZ).enumerate() {
+        std::ptr::copy_nonoverlapping(block.as_ptr(), *buffers.add(i) as *mut u8, BLCKSZ);
+    }
+}
+
+/// Starts fetching blocks that PostgreSQL announced it will read.
+///
+/// # Safety
+/// Called by the C shim with a valid segment pointer.
+#[no_mangle]
+#[pgrx::pg_guard]
+pub unsafe extern "C-unwind" fn yezzey_remote_prefetch(seg: *const SegInfo, first: u32, n: u32) {
+    let seg = &*seg;
+    let storage = settings::storage();
+    storage.reader.prefetch(
+        &object_name(seg),
+        first as u64 * BLCKSZ as u64,
+        n as u64 * BLCKSZ as u64,
+    );
+}

@@ -1,0 +1,262 @@
+//! What is offloaded, what it costs, and garbage collection.
+use crate::mapfile::{self, BLCKSZ};
+use crate::settings;
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PgSqlErrorCode};
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use yezzey_smgr_shim::map;
+use yezzey_storage::runtime::block_on;
+use yezzey_storage::store::ObjectStore;
+
+fn my_db() -> u32 {
+    // SAFETY: a plain global set at connection.
+    unsafe { pg_sys::MyDatabaseId }.to_u32()
+}
+
+/// Bytes the files of a fork take on local disk (holes excluded).
+fn local_bytes(spc: u32, db: u32, rel: u32, fork: i32) -> i64 {
+    let mut total = 0i64;
+    for segno in 0.. {
+        match std::fs::metadata(mapfile::segment_path(spc, db, rel, fork, segno)) {
+            Ok(md) => total += md.blocks() as i64 * 512,
+            Err(_) => break,
+        }
+    }
+    total
+}
+
+fn locator(rel: pg_sys::Oid) -> Option<(u32, u32, u32)> {
+    let q = format!(
+        "SELECT (CASE WHEN c.reltablespace = 0 THEN d.dattablespace ELSE c.reltablespace END)::bigint,
+                d.oid::bigint, pg_relation_filenode(c.oid)::bigint
+           FROM pg_class c, pg_database d WHERE c.oid = {} AND d.datname = current_database()",
+        rel.to_u32()
+    );
+    Spi::get_three::<i64, i64, i64>(&q)
+        .ok()
+        .and_then(|(a, b, c)| Some((a? as u32, b? as u32, c? as u32)))
+}
+
+/// The offload state of one relation: `local`, `offloaded`, or `partially
+/// offloaded` (blocks written since offload are local again), with local
+/// and remote sizes.
+#[pg_extern(sql = r#"
+CREATE FUNCTION yezzey_relation_status(rel regclass)
+RETURNS TABLE (state text, segments int, logical_bytes bigint, local_bytes bigint, remote_bytes bigint,
+               objects int, offloaded_at timestamptz, offload_lsn bigint)
+STABLE PARALLEL SAFE STRICT LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+"#)]
+fn yezzey_relation_status(
+    rel: pg_sys::Oid,
+) -> TableIterator<
+    'static,
+    (
+        name!(state, String),
+        name!(segments, i32),
+        name!(logical_bytes, i64),
+        name!(local_bytes, i64),
+        name!(remote_bytes, i64),
+        name!(objects, i32),
+        name!(offloaded_at, Option<pgrx::datum::TimestampWithTimeZone>),
+        name!(offload_lsn, Option<i64>),
+    ),
+> {
+    let Some((spc, db, relnum)) = locator(rel) else {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            "relation has no storage"
+        );
+    };
+    let logical = Spi::get_one::<i64>(&format!("SELECT pg_relation_size({})", rel.to_u32()))
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    let local = local_bytes(spc, db, relnum, 0);
+    let row = match mapfile::read(spc, db, relnum, 0) {
+        None => ("local".to_string(), 0, logical, local, 0, 0, None, None),
+        Some(m) => {
+            let remote_blocks: u64 = m.segments.iter().map(|s| s.blocks as u64).sum();
+            let state =
+                if remote_blocks > 0 && (local as u64) < remote_blocks * BLCKSZ / 64 + 64 * 1024 {
+                    "offloaded"
+                } else {
+                    "partially offloaded"
+                };
+            let at = pgrx::datum::TimestampWithTimeZone::try_from(
+                // Unix seconds -> PostgreSQL microseconds since 2000-01-01.
+                (m.offloaded_at - 946_684_800) * 1_000_000,
+            )
+            .ok();
+            (
+                state.to_string(),
+                m.segments.len() as i32,
+                logical,
+                local,
+                m.stored_bytes() as i64,
+                m.segments.len() as i32,
+                at,
+                Some(m.lsn as i64),
+            )
+        }
+    };
+    TableIterator::once(row)
+}
+
+/// Every offloaded relation fork of the current database (the view
+/// `yezzey_offloaded_relations` selects from this).
+#[pg_extern(stable, parallel_safe)]
+fn yezzey_offloaded() -> TableIterator<
+    'static,
+    (
+        name!(relfilenode, pg_sys::Oid),
+        name!(tablespace, pg_sys::Oid),
+        name!(segments, i32),
+        name!(remote_bytes, i64),
+        name!(raw_bytes, i64),
+        name!(evicted, bool),
+        name!(offload_lsn, i64),
+    ),
+> {
+    let db = my_db();
+    let rows: Vec<_> = mapfile::read_all()
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|m| m.db == db && m.fork == 0)
+        .map(|m| {
+            (
+                pg_sys::Oid::from(m.rel),
+                pg_sys::Oid::from(m.spc),
+                m.segments.len() as i32,
+                m.stored_bytes() as i64,
+                m.segments.iter().map(|s| s.raw_len as i64).sum(),
+                m.evicted,
+                m.lsn as i64,
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+pgrx::extension_sql!(
+    r#"
+CREATE VIEW yezzey_offloaded_relations AS
+SELECT pg_filenode_relation(CASE WHEN o.tablespace = (SELECT dattablespace FROM pg_database
+                                                      WHERE datname = current_database())
+                                 THEN 0 ELSE o.tablespace END, o.relfilenode) AS relation,
+       o.segments, o.raw_bytes, o.remote_bytes, o.evicted, o.offload_lsn
+  FROM yezzey_offloaded() o;
+COMMENT ON VIEW yezzey_offloaded_relations IS 'Relations of this database whose files are (partly) in object storage';
+REVOKE EXECUTE ON FUNCTION yezzey_offload_relation(regclass, bool) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION yezzey_load_relation(regclass) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION yezzey_gc(bool) FROM PUBLIC;
+"#,
+    name = "views",
+    finalize
+);
+
+/// Deletes objects that nothing references: not the map of any relation of
+/// this cluster (all databases), and not an upload still in progress. Safe
+/// to run at any time. Objects still needed by a lagging standby or a kept
+/// backup whose map differs from this server's are NOT protected yet: run
+/// it only when standbys have caught up.
+#[pg_extern(volatile, parallel_unsafe)]
+fn yezzey_gc(
+    dry_run: default!(bool, false),
+) -> TableIterator<
+    'static,
+    (
+        name!(deleted_objects, i64),
+        name!(deleted_bytes, i64),
+        name!(kept_objects, i64),
+    ),
+> {
+    // SAFETY: reads the session's role.
+    if !unsafe { pg_sys::superuser() } {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "permission denied to run yezzey_gc"
+        );
+    }
+    let storage = settings::storage();
+    let mut keep: HashSet<String> = HashSet::new();
+    for m in mapfile::read_all() {
+        match m {
+            Ok(m) => keep.extend(m.segments.iter().map(|s| m.object_name(s).relative())),
+            Err(e) => {
+                error!("yezzey: refusing to collect garbage with an unreadable map file: {e}")
+            }
+        }
+    }
+    let mut stale_intents = Vec::new();
+    for (path, intent, alive) in mapfile::intents() {
+        if alive {
+            keep.insert(intent.name);
+        } else {
+            stale_intents.push(path);
+        }
+    }
+    // SAFETY: pg_control's system identifier.
+    let prefix = format!(
+        "{}/seg{}/",
+        unsafe { pg_sys::GetSystemIdentifier() },
+        settings::content_id()
+    );
+    let listed = block_on(storage.store.list(&prefix))
+        .unwrap_or_else(|e| crate::errors::report(e, "yezzey_gc cannot list objects"));
+    let (mut deleted, mut bytes, mut kept) = (0i64, 0i64, 0i64);
+    for o in listed {
+        if keep.contains(&o.name) || !o.name.ends_with(".yz") {
+            kept += 1;
+            continue;
+        }
+        if !dry_run {
+            block_on(storage.store.delete(&o.name))
+                .unwrap_or_else(|e| crate::errors::report(e, "yezzey_gc cannot delete"));
+        }
+        deleted += 1;
+        bytes += o.size as i64;
+    }
+    if !dry_run {
+        for p in stale_intents {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    let _ = map::generation();
+    TableIterator::once((deleted, bytes, kept))
+}
+
+/// This backend's remote reads and the shared cache's counters.
+#[pg_extern(volatile, parallel_restricted)]
+fn yezzey_remote_stats() -> TableIterator<'static, (name!(stat, String), name!(value, i64))> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let storage = settings::storage();
+    let s = storage.reader.stats();
+    let mut rows = vec![
+        ("gets".to_string(), s.gets.load(Relaxed) as i64),
+        ("get_bytes".into(), s.get_bytes.load(Relaxed) as i64),
+        (
+            "frames_fetched".into(),
+            s.frames_fetched.load(Relaxed) as i64,
+        ),
+        (
+            "frames_prefetched".into(),
+            s.frames_prefetched.load(Relaxed) as i64,
+        ),
+        ("cache_hits".into(), s.cache_hits.load(Relaxed) as i64),
+        ("memory_hits".into(), s.memory_hits.load(Relaxed) as i64),
+    ];
+    if let Some(c) = storage.reader.cache() {
+        let cs = c.stats();
+        rows.extend([
+            ("cache_used_bytes".to_string(), cs.used_bytes as i64),
+            ("cache_limit_bytes".into(), cs.limit_bytes as i64),
+            ("cache_shared_hits".into(), cs.hits as i64),
+            ("cache_shared_misses".into(), cs.misses as i64),
+            ("cache_evictions".into(), cs.evictions as i64),
+        ]);
+    }
+    TableIterator::new(rows)
+}
