@@ -116,6 +116,8 @@ fn describe(oid: u32) -> Target {
         ),
         _ => {}
     }
+    // A partitioned table has no files of its own; expand() offloads its leaves.
+    let relnumber = if relkind == "p" { Some(0) } else { relnumber };
     let Some(relnumber) =
         relnumber.filter(|_| matches!(relkind.as_str(), "r" | "m" | "t" | "i" | "p"))
     else {

@@ -157,8 +157,16 @@ yz_create(SMgrRelation reln, ForkNumber forknum, bool isRedo)
 
 	COUNT(YZ_CALL_CREATE);
 	mdcreate(reln, forknum, isRedo);
-	/* A reused relfilenumber must not inherit a dropped relation's objects. */
-	if (has_remote(reln) && yz_map_remove(l.spcOid, l.dbOid, l.relNumber, forknum) > 0)
+
+	/*
+	 * A reused relfilenumber must not inherit a dropped relation's objects.
+	 * Outside redo, md created the file with O_EXCL, so it is new and any
+	 * map entries are stale.  Redo calls smgrcreate on existing relations
+	 * before replaying into them (XLogReadBufferExtended), so there nothing
+	 * may be dropped; a dropped relation's entries went with its unlink.
+	 */
+	if (!isRedo && has_remote(reln) &&
+		yz_map_remove(l.spcOid, l.dbOid, l.relNumber, forknum) > 0)
 		yezzey_map_persist(l.spcOid, l.dbOid, l.relNumber, forknum);
 }
 

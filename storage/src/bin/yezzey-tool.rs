@@ -9,6 +9,8 @@
 //! yezzey-tool [OPTIONS] read NAME OFFSET LEN   write raw bytes to stdout
 //! yezzey-tool [OPTIONS] ls [PREFIX]        list objects
 //! yezzey-tool [OPTIONS] rm NAME            delete an object
+//! yezzey-tool [OPTIONS] get-raw NAME FILE  copy an object's stored bytes (no decoding)
+//! yezzey-tool [OPTIONS] put-raw FILE NAME  store a file's bytes as they are
 //! ```
 //!
 //! Options (or environment): `--url` (YEZZEY_STORAGE_URL: s3://bucket/prefix
@@ -248,6 +250,17 @@ fn run(o: &Opts) -> Result<()> {
             }
         }
         "rm" => block_on(store.delete(o.arg(1, "NAME")?))?,
+        "get-raw" => {
+            let (name, path) = (o.arg(1, "NAME")?, o.arg(2, "FILE")?);
+            let size = block_on(store.head(name))?.size;
+            let bytes = block_on(store.get_range(name, 0..size))?;
+            std::fs::write(path, &bytes).map_err(|e| Error::io(path, e))?;
+        }
+        "put-raw" => {
+            let (path, name) = (o.arg(1, "FILE")?, o.arg(2, "NAME")?);
+            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            block_on(store.put(name, bytes.into()))?;
+        }
         other => return Err(Error::Config(format!("unknown command {other:?}"))),
     }
     Ok(())
