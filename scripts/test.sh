@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: the storage core's unit tests, its integration tests
-# against a real Garage server, the extension's SQL tests and PostgreSQL's
-# own regression suite against the patched server with yezzey preloaded.
+# against a real Garage server, the extension's SQL tests, the offload
+# integration and crash tests, and PostgreSQL's own regression suite against
+# the patched server with yezzey preloaded.
 # Sets up whatever is missing first; stops the servers it started.
 source "$(dirname "$0")/common.sh"
 S=$YZ_ROOT/scripts
@@ -41,6 +42,8 @@ suite "storage core (cargo test: unit + Garage integration)" \
     cargo test --release -q -p yezzey-storage
 suite "extension SQL tests (pg_regress, yezzey preloaded)" bash "$YZ_ROOT/tests/run-sql-tests.sh"
 suite "extension refuses to load without shared_preload_libraries" bash "$YZ_ROOT/tests/test-preload-required.sh"
+suite "offload/load back: access paths, writes, GC, kill -9 at every step, faults (tests/test_offload.py)" \
+    python3 "$YZ_ROOT/tests/test_offload.py"
 suite "PostgreSQL regression suite (installcheck, yezzey preloaded)" bash "$YZ_ROOT/tests/run-pg-regress.sh"
 
 echo

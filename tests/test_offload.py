@@ -402,9 +402,11 @@ class Faults(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "obj")
             subprocess.run([tool, "get-raw", name, path], env=env, check=True)
-            data = bytearray(open(path, "rb").read())
+            with open(path, "rb") as fh:
+                data = bytearray(fh.read())
             data[len(data) // 3] ^= 0xFF
-            open(path, "wb").write(data)
+            with open(path, "wb") as fh:
+                fh.write(data)
             subprocess.run([tool, "put-raw", path, name], env=env, check=True)
         subprocess.run(["rm", "-rf", os.path.join(os.environ["YEZZEY_RUN"], "pgdata/pg_yezzey/cache")])
         restart()

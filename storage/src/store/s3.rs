@@ -116,7 +116,7 @@ impl S3Store {
             }
             SdkError::DispatchFailure(_) => Error::Store(format!(
                 "{ctx}: cannot reach the store: {}",
-                DisplayErrorContext(&e)
+                root_cause(&e)
             )),
             SdkError::ServiceError(se) => {
                 let status = se.raw().status().as_u16();
@@ -175,6 +175,16 @@ impl S3Store {
         }
         Err(last.unwrap())
     }
+}
+
+/// The innermost error of a chain ("Connection refused (os error 111)"),
+/// which is what an operator needs, not the SDK's nesting.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
 }
 
 impl ObjectStore for S3Store {
