@@ -9,6 +9,7 @@
 //!   4. publish the map (shared memory, then `pg_yezzey/map/*.json`);
 //!   5. punch the segments' blocks out of the local files (same size, no
 //!      space) and mark the map file evicted; drop the intents.
+//!
 //! A crash before 3 leaves the relation local and objects that GC removes
 //! (their intents are from a dead server); after 3, redo or startup finishes
 //! 4 and 5. Readers never see a hole that is not in the map: the map is

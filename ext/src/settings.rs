@@ -277,6 +277,8 @@ fn build(cfg: &Config) -> yezzey_storage::Result<Storage> {
     };
     let readahead = ReadaheadConfig {
         window_bytes: cfg.readahead_kb as u64 * 1024,
+        // A peer's fetch is bounded by the store's timeouts (3 attempts).
+        peer_wait: timeout * 3 + Duration::from_secs(5),
         ..Default::default()
     };
     let format = FormatOptions {

@@ -47,6 +47,7 @@ RETURNS TABLE (state text, segments int, logical_bytes bigint, local_bytes bigin
                objects int, offloaded_at timestamptz, offload_lsn bigint)
 STABLE PARALLEL SAFE STRICT LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 "#)]
+#[allow(clippy::type_complexity)] // pgrx needs the row type spelled out
 fn yezzey_relation_status(
     rel: pg_sys::Oid,
 ) -> TableIterator<
@@ -247,6 +248,7 @@ fn yezzey_remote_stats() -> TableIterator<'static, (name!(stat, String), name!(v
         ),
         ("cache_hits".into(), s.cache_hits.load(Relaxed) as i64),
         ("memory_hits".into(), s.memory_hits.load(Relaxed) as i64),
+        ("peer_frames".into(), s.peer_frames.load(Relaxed) as i64),
     ];
     if let Some(c) = storage.reader.cache() {
         let cs = c.stats();

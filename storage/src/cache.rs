@@ -84,6 +84,25 @@ struct OpenEntry {
     touched: SystemTime,
 }
 
+/// The outcome of [`FrameCache::claim`].
+pub enum Claim {
+    /// We fetch the frame; dropping the guard releases the claim.
+    Mine(ClaimGuard),
+    /// Another process is fetching it: wait for its entry.
+    Theirs,
+    /// Claims are unavailable: fetch without one.
+    Unclaimed,
+}
+
+/// Removes its claim file when dropped.
+pub struct ClaimGuard(PathBuf);
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
 pub struct FrameCache {
     dir: PathBuf,
     limit: u64,
@@ -324,6 +343,72 @@ impl FrameCache {
         true
     }
 
+    /// Claims the right to fetch a frame, so that processes reading the same
+    /// object (parallel workers of one scan) fetch each frame once. Claims
+    /// are files created with O_EXCL next to the entry; one older than
+    /// `stale_after` (its owner died or hung) is taken over.
+    pub fn claim(&self, name: &str, frame: u32, stale_after: Duration) -> Claim {
+        let path = self.claim_path(name, frame);
+        let _ = fs::create_dir_all(path.parent().unwrap());
+        for _ in 0..2 {
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    let _ = write!(f, "{}", std::process::id());
+                    return Claim::Mine(ClaimGuard(path));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if Self::claim_is_live(&path, stale_after) {
+                        return Claim::Theirs;
+                    }
+                    let _ = fs::remove_file(&path);
+                }
+                // Cannot claim (read-only cache dir...): fetch without one.
+                Err(_) => return Claim::Unclaimed,
+            }
+        }
+        Claim::Unclaimed
+    }
+
+    fn claim_path(&self, name: &str, frame: u32) -> PathBuf {
+        self.entry_path(entry_key(name, frame))
+            .with_extension("claim")
+    }
+
+    /// A claim is live while its owner process exists and it is younger than
+    /// `stale_after`. Owners that exit (parallel workers finishing a scan
+    /// with readahead outstanding) or crash leave claims nobody must wait for.
+    fn claim_is_live(path: &Path, stale_after: Duration) -> bool {
+        let young = fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age <= stale_after);
+        // An empty file is a claim being written: its owner is alive.
+        let owner_alive = match fs::read_to_string(path) {
+            Ok(pid) if pid.is_empty() => true,
+            // SAFETY: signal 0 only checks that the process exists.
+            Ok(pid) => pid
+                .trim()
+                .parse::<i32>()
+                .is_ok_and(|p| unsafe { libc::kill(p, 0) } == 0),
+            Err(_) => false,
+        };
+        young && owner_alive
+    }
+
+    /// True while a live process holds a claim on the frame.
+    pub fn claimed(&self, name: &str, frame: u32, stale_after: Duration) -> bool {
+        Self::claim_is_live(&self.claim_path(name, frame), stale_after)
+    }
+
+    /// A whole cached frame, verified.
+    pub fn read_frame(&self, name: &str, frame: u32) -> Option<Vec<u8>> {
+        let key = entry_key(name, frame);
+        let len = self.open_entry(key)?.lock().unwrap().raw_len;
+        let mut out = vec![0u8; len];
+        self.read(name, frame, 0, &mut out).then_some(out)
+    }
+
     /// True if the frame is cached (no checksum verification).
     pub fn contains(&self, name: &str, frame: u32) -> bool {
         let key = entry_key(name, frame);
@@ -429,6 +514,9 @@ impl FrameCache {
                 continue;
             }
             for f in fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                if f.path().extension().is_some_and(|e| e == "claim") {
+                    continue;
+                }
                 if let Ok(md) = f.metadata() {
                     out.push((
                         f.path(),
@@ -546,6 +634,34 @@ mod tests {
             .set_len(1000)
             .unwrap();
         assert!(!c.read("o", 8, 0, &mut out));
+    }
+
+    #[test]
+    fn claims_exclude_live_owners_only() {
+        let d = tempfile::tempdir().unwrap();
+        let c = FrameCache::open(d.path(), 10 << 20).unwrap();
+        let long = Duration::from_secs(60);
+        let Claim::Mine(g) = c.claim("o", 1, long) else {
+            panic!("first claim must be ours")
+        };
+        assert!(
+            matches!(c.claim("o", 1, long), Claim::Theirs),
+            "a live owner's claim holds"
+        );
+        assert!(c.claimed("o", 1, long));
+        drop(g);
+        assert!(
+            !c.claimed("o", 1, long),
+            "dropping the guard releases the claim"
+        );
+        // A claim left by a process that no longer exists is taken over at once.
+        let path = c.claim_path("o", 2);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, "2147483646").unwrap();
+        assert!(!c.claimed("o", 2, long));
+        assert!(matches!(c.claim("o", 2, long), Claim::Mine(_)));
+        // Claims are not entries: they never count against the limit.
+        assert_eq!(c.disk_usage().unwrap(), 0);
     }
 
     #[test]

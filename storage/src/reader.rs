@@ -13,7 +13,7 @@
 //! Memory: in-flight fetches are bounded by `inflight_bytes` and decoded
 //! frames kept in memory by `memory_bytes`; with the defaults a process holds
 //! well under 64 MB of buffers however many objects it reads.
-use crate::cache::FrameCache;
+use crate::cache::{Claim, ClaimGuard, FrameCache};
 use crate::crypto::CipherImpl;
 use crate::error::{Error, Result};
 use crate::format::{ObjectLayout, TailParse, TAIL_PREFETCH};
@@ -36,6 +36,9 @@ pub struct ReadaheadConfig {
     pub inflight_bytes: u64,
     /// Bound on decoded frames kept in memory.
     pub memory_bytes: u64,
+    /// How long to wait for a frame another process is fetching before
+    /// fetching it too (and after which its claim counts as stale).
+    pub peer_wait: std::time::Duration,
 }
 
 impl Default for ReadaheadConfig {
@@ -45,6 +48,7 @@ impl Default for ReadaheadConfig {
             max_get_bytes: 8 << 20,
             inflight_bytes: 24 << 20,
             memory_bytes: 16 << 20,
+            peer_wait: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -59,11 +63,15 @@ pub struct ReaderStats {
     pub cache_hits: AtomicU64,
     pub memory_hits: AtomicU64,
     pub inflight_waits: AtomicU64,
+    /// Frames another process fetched for us (through the cache).
+    pub peer_frames: AtomicU64,
 }
 
 type Frame = Arc<Vec<u8>>;
 type FrameResult = std::result::Result<Frame, Arc<Error>>;
 type FrameKey = (Arc<str>, u32);
+/// A frame to fetch: its number, where to publish it, and our claim on it.
+type Fetch = (u32, watch::Sender<Option<FrameResult>>, Option<ClaimGuard>);
 
 struct Inner {
     store: Arc<AnyStore>,
@@ -109,6 +117,9 @@ impl MemFrames {
 /// Reads remote objects; cheap to clone, safe to share between threads.
 #[derive(Clone)]
 pub struct RemoteReader(Arc<Inner>);
+
+/// Largest forward jump (in frames) still treated as sequential access.
+const SEQ_GAP: u32 = 3;
 
 /// One budget permit per KiB of in-flight stored bytes.
 const PERMIT_BYTES: u64 = 1024;
@@ -339,9 +350,11 @@ impl RemoteReader {
                 seq.clear();
             }
             let e = seq.entry(name.clone()).or_insert((u32::MAX, 0));
+            // Forward steps of up to SEQ_GAP frames count as sequential: the
+            // workers of a parallel seq scan each see interleaved chunks.
             let streak = if e.0 == frame {
                 return; // same frame as last time: nothing new to learn
-            } else if e.0.wrapping_add(1) == frame {
+            } else if e.0 != u32::MAX && frame > e.0 && frame - e.0 <= SEQ_GAP {
                 e.1 + 1
             } else {
                 0
@@ -352,10 +365,27 @@ impl RemoteReader {
         if streak >= 1 {
             let ahead = (cfg.window_bytes / layout.trailer.frame_size as u64).max(1) as u32;
             let end = (frame + 1 + ahead).min(layout.frames.len() as u32);
-            if frame + 1 < end {
-                self.spawn_fetch(name, layout, frame + 1, end, false);
+            // Refill only once half the window is consumed, so each refill is
+            // one GET of several frames rather than one GET per frame: the
+            // store's per-request cost dominates small GETs.
+            let first_missing = (frame + 1..end).find(|&f| !self.have_or_inflight(name, f));
+            if let Some(first) = first_missing {
+                if first <= frame + 1 + ahead / 2 {
+                    self.spawn_fetch(name, layout, first, end, false);
+                }
             }
         }
+    }
+
+    fn have_or_inflight(&self, name: &Arc<str>, frame: u32) -> bool {
+        let inner = &self.0;
+        let key: FrameKey = (name.clone(), frame);
+        inner.inflight.lock().unwrap().contains_key(&key)
+            || inner.memory.lock().unwrap().lru.contains(&key)
+            || inner
+                .cache
+                .as_ref()
+                .is_some_and(|c| c.contains(name, frame))
     }
 
     /// Starts fetching frames `[first, end)` that are not cached, in memory
@@ -371,10 +401,9 @@ impl RemoteReader {
     ) -> Vec<watch::Receiver<Option<FrameResult>>> {
         let inner = &self.0;
         let mut started = Vec::new();
-        let mut run: Vec<(u32, watch::Sender<Option<FrameResult>>)> = Vec::new();
+        let mut run: Vec<Fetch> = Vec::new();
         let mut run_bytes = 0u64;
-        let flush = |run: &mut Vec<(u32, watch::Sender<Option<FrameResult>>)>,
-                     run_bytes: &mut u64| {
+        let flush = |run: &mut Vec<Fetch>, run_bytes: &mut u64| {
             if !run.is_empty() {
                 let this = self.clone();
                 let (name, layout, batch) = (name.clone(), layout.clone(), std::mem::take(run));
@@ -401,25 +430,80 @@ impl RemoteReader {
             inflight.insert(key, rx.clone());
             drop(inflight);
             started.push(rx);
+            let claim = match &inner.cache {
+                Some(c) => c.claim(name, frame, inner.cfg.peer_wait),
+                None => Claim::Unclaimed,
+            };
+            let guard = match claim {
+                Claim::Mine(g) => Some(g),
+                Claim::Unclaimed => None,
+                Claim::Theirs => {
+                    // Another process (a parallel worker) is fetching it.
+                    flush(&mut run, &mut run_bytes);
+                    let (this, name, layout) = (self.clone(), name.clone(), layout.clone());
+                    crate::runtime::runtime()
+                        .spawn(async move { this.wait_for_peer(name, layout, frame, tx).await });
+                    continue;
+                }
+            };
             let bytes = layout.frames[frame as usize].stored_len as u64;
             if run_bytes > 0 && run_bytes + bytes > inner.cfg.max_get_bytes {
                 flush(&mut run, &mut run_bytes);
             }
-            run.push((frame, tx));
+            run.push((frame, tx, guard));
             run_bytes += bytes;
         }
         flush(&mut run, &mut run_bytes);
         started
     }
 
-    /// Fetches consecutive frames with one range GET, decodes each, publishes
-    /// it to waiters, memory and the disk cache.
-    async fn fetch_run(
+    /// Waits for a frame another process claimed to appear in the cache;
+    /// fetches it itself if the claim goes away without an entry or outlives
+    /// `peer_wait`.
+    async fn wait_for_peer(
         &self,
         name: Arc<str>,
         layout: Arc<ObjectLayout>,
-        batch: Vec<(u32, watch::Sender<Option<FrameResult>>)>,
+        frame: u32,
+        tx: watch::Sender<Option<FrameResult>>,
     ) {
+        let inner = &self.0;
+        let cache = inner.cache.as_ref().expect("claims need a cache");
+        let deadline = tokio::time::Instant::now() + inner.cfg.peer_wait;
+        let mut delay = std::time::Duration::from_micros(500);
+        loop {
+            if let Some(f) = cache.read_frame(&name, frame) {
+                inner.stats.peer_frames.fetch_add(1, Ordering::Relaxed);
+                inner
+                    .memory
+                    .lock()
+                    .unwrap()
+                    .put((name.clone(), frame), Arc::new(f.clone()));
+                let _ = tx.send(Some(Ok(Arc::new(f))));
+                inner
+                    .inflight
+                    .lock()
+                    .unwrap()
+                    .remove(&(name.clone(), frame));
+                return;
+            }
+            if !cache.claimed(&name, frame, inner.cfg.peer_wait)
+                || tokio::time::Instant::now() > deadline
+            {
+                let guard = match cache.claim(&name, frame, inner.cfg.peer_wait) {
+                    Claim::Mine(g) => Some(g),
+                    _ => None,
+                };
+                return self.fetch_run(name, layout, vec![(frame, tx, guard)]).await;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Fetches consecutive frames with one range GET, decodes each, publishes
+    /// it to waiters, memory and the disk cache.
+    async fn fetch_run(&self, name: Arc<str>, layout: Arc<ObjectLayout>, batch: Vec<Fetch>) {
         let inner = &self.0;
         let a = batch[0].0 as usize;
         let b = batch[batch.len() - 1].0 as usize;
@@ -450,7 +534,7 @@ impl RemoteReader {
             Ok(d) => d,
             Err(e) => {
                 let e = Arc::new(e);
-                for (frame, tx) in &batch {
+                for (frame, tx, _claim) in &batch {
                     finish(*frame, tx, Err(e.clone()));
                 }
                 return;
@@ -460,24 +544,35 @@ impl RemoteReader {
             .stats
             .get_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        let prefetched = batch.len() as u64 - 1;
-        for (frame, tx) in &batch {
+        // Counted before any frame is published, so a reader that finishes
+        // early already sees it.
+        inner
+            .stats
+            .frames_prefetched
+            .fetch_add(batch.len() as u64 - 1, Ordering::Relaxed);
+        // Decoding consumes the batch (and its claims).
+        for (frame, tx, claim) in batch {
+            let frame = &frame;
+            let tx = &tx;
             let r = layout.frames[*frame as usize].range();
             let mut stored = data[(r.start - start) as usize..(r.end - start) as usize].to_vec();
             let decoded = layout
                 .decode_frame(*frame as usize, &mut stored)
                 .map(Arc::new)
                 .map_err(Arc::new);
-            if let (Ok(f), Some(c)) = (&decoded, &inner.cache) {
-                // A cache that cannot take the frame (disk full) must not fail the read.
-                let _ = c.insert(&name, *frame, f);
-            }
             inner.stats.frames_fetched.fetch_add(1, Ordering::Relaxed);
+            // Waiters first: the disk cache is for later readers, not this one.
+            let for_cache = decoded.as_ref().ok().cloned();
             finish(*frame, tx, decoded);
+            if let (Some(f), Some(_)) = (for_cache, &inner.cache) {
+                let (this, name, frame) = (self.clone(), name.clone(), *frame);
+                // A cache that cannot take the frame (disk full) must not fail
+                // the read. The claim is released once the entry exists.
+                tokio::task::spawn_blocking(move || {
+                    let _ = this.0.cache.as_ref().unwrap().insert(&name, frame, &f);
+                    drop(claim);
+                });
+            }
         }
-        inner
-            .stats
-            .frames_prefetched
-            .fetch_add(prefetched, Ordering::Relaxed);
     }
 }

@@ -114,10 +114,9 @@ impl S3Store {
             SdkError::DispatchFailure(d) if d.is_timeout() => {
                 Error::Timeout(format!("{ctx}: connection timed out"))
             }
-            SdkError::DispatchFailure(_) => Error::Store(format!(
-                "{ctx}: cannot reach the store: {}",
-                root_cause(&e)
-            )),
+            SdkError::DispatchFailure(_) => {
+                Error::Store(format!("{ctx}: cannot reach the store: {}", root_cause(&e)))
+            }
             SdkError::ServiceError(se) => {
                 let status = se.raw().status().as_u16();
                 let code = se.err().code().unwrap_or("").to_string();

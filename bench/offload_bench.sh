@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Offloaded vs local, side by side in one run, on identical tables of
+# realistic rows (numbers, dates, text of varying length):
+#   offload throughput, compressed size, full scans and index point lookups
+#   with a cold cache (server restarted, yezzey cache wiped, OS page cache
+#   dropped) and a warm one, and the first row of a cold scan.
+#   bench/offload_bench.sh [ROWS] [ROUNDS]
+source "$(dirname "$0")/../scripts/common.sh"
+ROWS=${1:-10000000}; ROUNDS=${2:-3}
+export YEZZEY_RUN=$YZ_CACHE/bench-run
+YZ_RUN=$YEZZEY_RUN
+S=$YZ_ROOT/scripts
+mkdir -p "$YZ_RUN"; [ "$(id -u)" = 0 ] && chown "$YZ_OS_USER" "$YZ_RUN"
+eval "$(bash "$S/pg.sh" env)"
+bash "$S/garage.sh" start >/dev/null
+bash "$S/pg.sh" init >/dev/null
+bash "$S/pg.sh" start
+trap 'bash "$S/pg.sh" stop >/dev/null 2>&1; bash "$S/garage.sh" stop >/dev/null 2>&1' EXIT
+val() { psql -XAtq -v ON_ERROR_STOP=1 "$@"; }
+
+drop_caches() {
+    sync
+    echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || echo "(could not drop the OS page cache: not root?)" >&2
+}
+cold_restart() {
+    bash "$S/pg.sh" stop
+    rm -rf "$YZ_RUN/pgdata/pg_yezzey/cache"
+    drop_caches
+    bash "$S/pg.sh" start
+}
+
+echo "# offload benchmark: $ROWS rows, $ROUNDS rounds, $(nproc) cores, $(date -u +%F)"
+val -c "CREATE EXTENSION yezzey" -c "
+CREATE FUNCTION bench_ms(q text, n int DEFAULT 1) RETURNS float LANGUAGE plpgsql AS \$\$
+DECLARE t0 timestamptz := clock_timestamp(); BEGIN
+  FOR i IN 1..n LOOP EXECUTE q; END LOOP;
+  RETURN extract(epoch FROM clock_timestamp() - t0) * 1000; END \$\$;
+CREATE FUNCTION bench_points(t text, n int) RETURNS float LANGUAGE plpgsql AS \$\$
+DECLARE t0 timestamptz := clock_timestamp(); m bigint; r numeric; BEGIN
+  EXECUTE format('SELECT max(id) FROM %I', t) INTO m;
+  PERFORM setseed(0.42);
+  FOR i IN 1..n LOOP EXECUTE format('SELECT amount FROM %I WHERE id = \$1', t) INTO r USING 1 + (random() * (m - 1))::bigint; END LOOP;
+  RETURN extract(epoch FROM clock_timestamp() - t0) * 1000 / n; END \$\$;"
+val <<SQL
+CREATE TABLE t_local (id bigint, placed date, customer int, amount numeric(10,2), status text, note text);
+INSERT INTO t_local
+SELECT g, date '2020-01-01' + (g % 1500)::int, ((g * 7919) % 500000)::int, ((g * 31) % 1000000) / 100.0,
+       (ARRAY['shipped','pending','returned','cancelled','refunded'])[1 + g % 5],
+       CASE g % 4 WHEN 0 THEN 'gift wrap, leave at the back door ' || g % 97
+                  WHEN 1 THEN md5(g::text)
+                  WHEN 2 THEN repeat('priority ', (1 + g % 3)::int) || (g % 1000)::text
+                  ELSE '' END
+  FROM generate_series(1::bigint, $ROWS) g;
+ALTER TABLE t_local ADD PRIMARY KEY (id);
+CREATE TABLE t_off AS SELECT * FROM t_local;
+ALTER TABLE t_off ADD PRIMARY KEY (id);
+VACUUM ANALYZE t_local; VACUUM ANALYZE t_off; CHECKPOINT;
+SQL
+bytes=$(val -c "SELECT pg_total_relation_size('t_off')")
+echo "table + index: $((bytes / 1048576)) MB each; rows md5 equal: $(val -c "SELECT (SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM t_local t) = (SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM t_off t)")"
+
+t0=$(date +%s.%N)
+val -c "SELECT * FROM yezzey_offload_relation('t_off')" >/dev/null 2>&1
+t1=$(date +%s.%N)
+remote=$(val -c "SELECT sum(remote_bytes) FROM yezzey_offloaded_relations")
+awk -v b="$bytes" -v r="$remote" -v a="$t0" -v z="$t1" 'BEGIN{
+  printf "offload: %.1f s, %.0f MB/s of relation data; remote size %.0f MB = %.2f of local\n", z-a, b/1048576/(z-a), r/1048576, r/b }'
+val -c "SELECT 'local bytes after offload: ' || local_bytes FROM yezzey_relation_status('t_off')"
+
+declare -A res
+scan="SELECT count(*), sum(amount), max(note) FROM %s"
+for r in $(seq 1 "$ROUNDS"); do
+    order="t_local t_off"; [ $((r % 2)) = 0 ] && order="t_off t_local"
+    for t in $order; do
+        cold_restart
+        res[$t,first]+="$(val -c "SELECT bench_ms('SELECT * FROM $t LIMIT 1')") "
+        res[$t,cold]+="$(val -c "SELECT bench_ms(format('$scan', '$t'))") "
+        res[$t,warm]+="$(val -c "SELECT bench_ms(format('$scan', '$t'))") "
+        cold_restart
+        res[$t,pcold]+="$(val -c "SELECT bench_points('$t', 300)") "
+        res[$t,pwarm]+="$(val -c "SELECT bench_points('$t', 300)") "
+    done
+    echo "round $r done"
+done
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
+echo
+echo "| measurement (median of $ROUNDS) | local | offloaded | offloaded speed vs local |"
+echo "|---|---:|---:|---:|"
+for m in "cold:full scan, cold cache (ms)" "warm:full scan, warm cache (ms)" "first:first row of a cold scan (ms)" \
+         "pcold:index point lookup, cold cache (ms each)" "pwarm:index point lookup, warm cache (ms each)"; do
+    k=${m%%:*}; label=${m#*:}
+    l=$(echo "${res[t_local,$k]}" | median); o=$(echo "${res[t_off,$k]}" | median)
+    awk -v l="$l" -v o="$o" -v n="$label" 'BEGIN{printf "| %s | %.2f | %.2f | %.2fx |\n", n, l, o, l/o}'
+done
