@@ -127,6 +127,35 @@ fn mbps(runs: usize, raw_bytes: usize, mut f: impl FnMut()) -> f64 {
     )
 }
 
+/// Median over `runs` of the microseconds per call of `read(frame, block)`
+/// at `n` pseudo-random (frame, block) positions.
+fn random_block_us(
+    runs: usize,
+    n: usize,
+    frames: usize,
+    blocks_per_frame: usize,
+    x: &mut u64,
+    mut read: impl FnMut(usize, usize),
+) -> f64 {
+    median(
+        (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..n {
+                    *x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    read(
+                        (*x >> 33) as usize % frames,
+                        (*x >> 20) as usize % blocks_per_frame,
+                    );
+                }
+                t.elapsed().as_secs_f64() * 1e6 / n as f64
+            })
+            .collect(),
+    )
+}
+
 fn peak_rss_mb() -> f64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     s.lines()
@@ -328,23 +357,9 @@ fn main() {
     let mut block = vec![0u8; BLOCK_SIZE];
     let mut x = 1u64;
     let blocks_per_frame = FRAME / BLOCK_SIZE;
-    let per_block_us = median(
-        (0..runs)
-            .map(|_| {
-                let n = 50_000;
-                let t = Instant::now();
-                for _ in 0..n {
-                    x = x
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let f = (x >> 33) as usize % n_frames;
-                    let b = (x >> 20) as usize % blocks_per_frame;
-                    assert!(cache.read("bench/object", f as u32, b * BLOCK_SIZE, &mut block));
-                }
-                t.elapsed().as_secs_f64() * 1e6 / n as f64
-            })
-            .collect(),
-    );
+    let per_block_us = random_block_us(runs, 50_000, n_frames, blocks_per_frame, &mut x, |f, b| {
+        assert!(cache.read("bench/object", f as u32, b * BLOCK_SIZE, &mut block));
+    });
     println!();
     println!("cache hit, random 8 KiB block, FrameCache::read: {per_block_us:.2} us/block (target < 20 us)");
 
@@ -396,23 +411,16 @@ fn main() {
             .unwrap();
     }
     std::thread::sleep(Duration::from_millis(200)); // let readahead settle
-    let reader_us = median(
-        (0..runs)
-            .map(|_| {
-                let n = 20_000;
-                let t = Instant::now();
-                for _ in 0..n {
-                    x = x
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let f = (x >> 33) as usize % warm_frames;
-                    let b = (x >> 20) as usize % blocks_per_frame;
-                    r.read_blocking("upload-0", (f * FRAME + b * BLOCK_SIZE) as u64, &mut buf)
-                        .unwrap();
-                }
-                t.elapsed().as_secs_f64() * 1e6 / n as f64
-            })
-            .collect(),
+    let reader_us = random_block_us(
+        runs,
+        20_000,
+        warm_frames,
+        blocks_per_frame,
+        &mut x,
+        |f, b| {
+            r.read_blocking("upload-0", (f * FRAME + b * BLOCK_SIZE) as u64, &mut buf)
+                .unwrap();
+        },
     );
     println!("cache hit through RemoteReader::read_blocking: {reader_us:.2} us/block");
 
