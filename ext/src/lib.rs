@@ -7,6 +7,7 @@
 //! live in the C shim (`smgr_shim`); objects, cache and S3 in `yezzey-storage`.
 use pgrx::prelude::*;
 
+mod catalog;
 mod errors;
 mod fault;
 mod init;

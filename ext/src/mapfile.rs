@@ -86,6 +86,31 @@ impl ForkMap {
     }
 }
 
+/// The name of a segment's object on this server (its system id and
+/// content id), as the read path and new uploads use it.
+pub fn local_object_name(
+    spc: u32,
+    db: u32,
+    rel: u32,
+    fork: i32,
+    segno: u32,
+    object_id: [u8; 16],
+) -> ObjectName {
+    ObjectName {
+        segment: SegmentId {
+            // SAFETY: reads pg_control's copy, set at startup.
+            system_id: unsafe { pgrx::pg_sys::GetSystemIdentifier() },
+            content: crate::settings::content_id(),
+            spc,
+            db,
+            relnumber: rel,
+            fork: fork as u8,
+            segfile: segno,
+        },
+        object_id,
+    }
+}
+
 pub fn map_dir() -> PathBuf {
     data_dir().join("pg_yezzey/map")
 }

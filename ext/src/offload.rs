@@ -25,6 +25,7 @@
 //! TOAST index, and (unless `with_indexes => false`) its indexes. The free
 //! space map and visibility map stay local: they are small and read
 //! constantly. A partitioned table offloads each leaf partition.
+use crate::catalog;
 use crate::errors;
 use crate::fault;
 use crate::mapfile::{self, ForkMap, SegmentMeta, BLCKSZ};
@@ -37,7 +38,7 @@ use std::os::unix::fs::FileExt;
 use std::time::Instant;
 use yezzey_smgr_shim::map;
 use yezzey_storage::format::new_object_id;
-use yezzey_storage::names::{ObjectName, SegmentId};
+use yezzey_storage::names::ObjectName;
 use yezzey_storage::runtime::block_on;
 
 const MAIN_FORK: i32 = 0;
@@ -67,36 +68,21 @@ fn require_superuser(what: &str) {
 }
 
 fn describe(oid: u32) -> Target {
-    let q = format!(
-        "SELECT c.oid::regclass::text, c.relkind::text, c.relpersistence::text,
-                (CASE WHEN c.reltablespace = 0 THEN d.dattablespace ELSE c.reltablespace END)::bigint,
-                d.oid::bigint, pg_relation_filenode(c.oid)::bigint
-           FROM pg_class c, pg_database d
-          WHERE c.oid = {oid} AND d.datname = current_database()"
-    );
-    let row = Spi::connect(|c| {
-        let t = c.select(&q, None, &[])?;
-        let mut out = None;
-        for r in t {
-            out = Some((
-                r.get::<String>(1)?.unwrap_or_default(),
-                r.get::<String>(2)?.unwrap_or_default(),
-                r.get::<String>(3)?.unwrap_or_default(),
-                r.get::<i64>(4)?.unwrap_or(0),
-                r.get::<i64>(5)?.unwrap_or(0),
-                r.get::<i64>(6)?,
-            ));
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .unwrap_or_else(|e| error!("yezzey: catalog lookup failed: {e}"));
-    let Some((name, relkind, persistence, spc, db, relnumber)) = row else {
+    let Some(info) = catalog::relation(oid) else {
         errors::error(
             PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
             format!("relation with OID {oid} does not exist"),
             "It may have been dropped concurrently.",
         );
     };
+    let catalog::RelInfo {
+        name,
+        relkind,
+        persistence,
+        spc,
+        db,
+        relnumber,
+    } = info;
     if oid < FIRST_NORMAL_OBJECT_ID {
         errors::error(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -134,9 +120,9 @@ fn describe(oid: u32) -> Target {
         oid,
         name,
         relkind,
-        spc: spc as u32,
-        db: db as u32,
-        rel: relnumber as u32,
+        spc,
+        db,
+        rel: relnumber,
     }
 }
 
@@ -262,18 +248,8 @@ fn offload_one(t: &Target) -> Offloaded {
         }
     };
     for (i, &(segno, blocks)) in segs.iter().enumerate() {
-        let name = ObjectName {
-            segment: SegmentId {
-                system_id,
-                content: settings::content_id(),
-                spc: t.spc,
-                db: t.db,
-                relnumber: t.rel,
-                fork: MAIN_FORK as u8,
-                segfile: segno,
-            },
-            object_id: new_object_id(),
-        };
+        let name =
+            mapfile::local_object_name(t.spc, t.db, t.rel, MAIN_FORK, segno, new_object_id());
         if let Err(e) = mapfile::add_intent(&name) {
             cleanup(&uploaded);
             errors::report(

@@ -1,28 +1,14 @@
 //! The read path's Rust half: the C shim calls these for blocks that are
 //! holes in a segment's remote range.
-use crate::{errors, settings};
-use pgrx::pg_sys;
+use crate::{errors, mapfile, settings};
 use std::ffi::c_void;
 use yezzey_smgr_shim::SegInfo;
-use yezzey_storage::names::{ObjectName, SegmentId};
 
 const BLCKSZ: usize = 8192;
 
 fn object_name(seg: &SegInfo) -> String {
-    ObjectName {
-        segment: SegmentId {
-            // SAFETY: reads pg_control's copy, set at startup.
-            system_id: unsafe { pg_sys::GetSystemIdentifier() },
-            content: settings::content_id(),
-            spc: seg.spc,
-            db: seg.db,
-            relnumber: seg.rel,
-            fork: seg.fork as u8,
-            segfile: seg.segno,
-        },
-        object_id: seg.object_id,
-    }
-    .relative()
+    mapfile::local_object_name(seg.spc, seg.db, seg.rel, seg.fork, seg.segno, seg.object_id)
+        .relative()
 }
 
 /// Fills `n` buffers with blocks `[first, first + n)` of an offloaded segment.

@@ -5,7 +5,6 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
-use yezzey_smgr_shim::map;
 use yezzey_storage::runtime::block_on;
 use yezzey_storage::store::ObjectStore;
 
@@ -24,18 +23,6 @@ fn local_bytes(spc: u32, db: u32, rel: u32, fork: i32) -> i64 {
         }
     }
     total
-}
-
-fn locator(rel: pg_sys::Oid) -> Option<(u32, u32, u32)> {
-    let q = format!(
-        "SELECT (CASE WHEN c.reltablespace = 0 THEN d.dattablespace ELSE c.reltablespace END)::bigint,
-                d.oid::bigint, pg_relation_filenode(c.oid)::bigint
-           FROM pg_class c, pg_database d WHERE c.oid = {} AND d.datname = current_database()",
-        rel.to_u32()
-    );
-    Spi::get_three::<i64, i64, i64>(&q)
-        .ok()
-        .and_then(|(a, b, c)| Some((a? as u32, b? as u32, c? as u32)))
 }
 
 /// The offload state of one relation: `local`, `offloaded`, or `partially
@@ -63,7 +50,9 @@ fn yezzey_relation_status(
         name!(offload_lsn, Option<i64>),
     ),
 > {
-    let Some((spc, db, relnum)) = locator(rel) else {
+    let Some((spc, db, relnum)) =
+        crate::catalog::relation(rel.to_u32()).and_then(|r| Some((r.spc, r.db, r.relnumber?)))
+    else {
         ereport!(
             ERROR,
             PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
@@ -225,7 +214,6 @@ fn yezzey_gc(
             let _ = std::fs::remove_file(p);
         }
     }
-    let _ = map::generation();
     TableIterator::once((deleted, bytes, kept))
 }
 
