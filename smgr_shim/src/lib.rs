@@ -22,11 +22,6 @@ pub unsafe fn install() -> i32 {
     ffi::yz_smgr_install()
 }
 
-/// True in processes where [`install`] ran (the postmaster and its children).
-pub fn installed() -> bool {
-    unsafe { ffi::yz_smgr_installed() }
-}
-
 /// One storage-manager entry point and how often this backend called it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallCount {
@@ -85,18 +80,6 @@ pub mod map {
         unsafe { ffi::yz_map_remove(spc, db, rel, fork) }
     }
 
-    pub fn list() -> Vec<SegInfo> {
-        loop {
-            let n = unsafe { ffi::yz_map_list(std::ptr::null_mut(), 0) } as usize;
-            let mut v = vec![SegInfo::default(); n + 16];
-            let total = unsafe { ffi::yz_map_list(v.as_mut_ptr(), v.len() as i32) } as usize;
-            if total <= v.len() {
-                v.truncate(total);
-                return v;
-            }
-        }
-    }
-
     pub fn has_remote(spc: u32, db: u32, rel: u32) -> bool {
         unsafe { ffi::yz_map_rel_has_remote(spc, db, rel) }
     }
@@ -104,10 +87,5 @@ pub mod map {
     /// Blocks per segment file (RELSEG_SIZE).
     pub fn blocks_per_segment() -> u32 {
         unsafe { ffi::yz_blocks_per_segment() }
-    }
-
-    /// Changes with every update of the map.
-    pub fn generation() -> u64 {
-        unsafe { ffi::yz_map_generation() }
     }
 }

@@ -306,32 +306,3 @@ yz_map_truncate(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
 	LWLockRelease(yz_shared->lock);
 	return changed;
 }
-
-int
-yz_map_list(YzSegInfo *out, int max)
-{
-	HASH_SEQ_STATUS scan;
-	YzSegEntry *e;
-	int			n = 0;
-
-	if (yz_shared == NULL)
-		return 0;
-	LWLockAcquire(yz_shared->lock, LW_SHARED);
-	hash_seq_init(&scan, yz_segs);
-	while ((e = hash_seq_search(&scan)) != NULL)
-	{
-		if (n < max)
-		{
-			out[n].spc = e->key.spc;
-			out[n].db = e->key.db;
-			out[n].rel = e->key.rel;
-			out[n].fork = e->key.fork;
-			out[n].segno = e->key.segno;
-			out[n].remote_blocks = e->remote_blocks;
-			memcpy(out[n].object_id, e->object_id, 16);
-		}
-		n++;
-	}
-	LWLockRelease(yz_shared->lock);
-	return n;
-}

@@ -345,12 +345,6 @@ yz_smgr_install(void)
 	return yz_smgr_id;
 }
 
-bool
-yz_smgr_installed(void)
-{
-	return yz_smgr_id >= 0;
-}
-
 const uint64_t *
 yz_smgr_call_counts(void)
 {

@@ -47,9 +47,6 @@ extern const char *const yz_smgr_call_names[YZ_CALL_COUNT];
  */
 extern int	yz_smgr_install(void);
 
-/* True once yz_smgr_install() has run in this process's postmaster. */
-extern bool yz_smgr_installed(void);
-
 /* This backend's call counters (YZ_CALL_COUNT entries) and their reset. */
 extern const uint64_t *yz_smgr_call_counts(void);
 extern void yz_smgr_reset_call_counts(void);
@@ -88,8 +85,6 @@ extern int	yz_map_remove(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork);
 /* Clamps remote ranges to a fork's new length in blocks; returns entries changed. */
 extern int	yz_map_truncate(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
 							uint32_t nblocks, uint32_t blocks_per_segment);
-/* Copies up to max entries; returns the total number of entries. */
-extern int	yz_map_list(YzSegInfo *out, int max);
 
 /* Blocks per segment file (RELSEG_SIZE of this build). */
 extern uint32_t yz_blocks_per_segment(void);
