@@ -24,6 +24,15 @@ pub struct SegmentMeta {
     pub object_id: String,
     pub raw_len: u64,
     pub stored_len: u64,
+    /// A block of the remote range was written locally since the offload
+    /// (reads look at the local file first). Maps written before this field
+    /// existed read as true, the safe answer.
+    #[serde(default = "written_default")]
+    pub written: bool,
+}
+
+fn written_default() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -74,6 +83,7 @@ impl ForkMap {
             segno: s.segno,
             remote_blocks: s.blocks,
             object_id: object_id(&s.object_id),
+            written: s.written,
         }
     }
 
@@ -122,7 +132,7 @@ fn intent_dir() -> PathBuf {
 /// Writes a file atomically and durably: temp file, fsync, rename, fsync dir.
 fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{name}.tmp"));
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let mut f = File::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
@@ -136,6 +146,40 @@ fn remove_durably(dir: &Path, name: &str) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Serialises read-modify-write of map files between processes (a
+/// checkpointer recording a first local write while a backend truncates).
+/// An flock: released by the kernel if the holder dies.
+fn map_lock() -> io::Result<File> {
+    let dir = map_dir();
+    fs::create_dir_all(&dir)?;
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".lock"))?;
+    // SAFETY: flock on an fd we own.
+    while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(f)
+}
+
+/// Writes a map with each segment's remote length and local-write flag
+/// taken from the shared map (which the I/O path updates first).
+fn write_from_shared(m: &mut ForkMap) -> io::Result<()> {
+    let _lock = map_lock()?;
+    for s in &mut m.segments {
+        if let Some(seg) = map::get(m.spc, m.db, m.rel, m.fork, s.segno) {
+            s.blocks = seg.remote_blocks;
+            s.written = seg.written;
+        }
+    }
+    write(m)
 }
 
 pub fn write(m: &ForkMap) -> io::Result<()> {
@@ -256,7 +300,7 @@ pub fn apply_offload(m: &ForkMap) -> io::Result<()> {
     }
     let mut m = m.clone();
     m.evicted = false;
-    write(&m)?;
+    write_from_shared(&mut m)?;
     crate::fault::point("after_map");
     for (i, s) in m.segments.iter().enumerate() {
         punch(&segment_path(m.spc, m.db, m.rel, m.fork, s.segno), s.blocks)?;
@@ -265,7 +309,9 @@ pub fn apply_offload(m: &ForkMap) -> io::Result<()> {
         }
     }
     m.evicted = true;
-    write(&m)
+    // A write may have landed since the map was published (a hint bit set
+    // by a reader): its flag must survive in the file.
+    write_from_shared(&mut m)
 }
 
 /// Undoes an offload's bookkeeping once the data is local again.
@@ -308,26 +354,31 @@ pub extern "C-unwind" fn yezzey_map_persist(spc: u32, db: u32, rel: u32, fork: i
     } else {
         vec![fork]
     };
-    for f in forks {
-        let Some(mut m) = read(spc, db, rel, f) else {
-            continue;
-        };
-        m.segments
-            .retain_mut(|s| match map::get(spc, db, rel, f, s.segno) {
-                Some(seg) => {
-                    s.blocks = seg.remote_blocks;
-                    true
-                }
-                None => false,
-            });
-        let res = if m.segments.is_empty() {
-            remove(spc, db, rel, f)
-        } else {
-            write(&m)
-        };
-        if let Err(e) = res {
-            pgrx::error!("yezzey: could not update map file of relation {rel}: {e}");
+    let res = (|| -> io::Result<()> {
+        let _lock = map_lock()?;
+        for f in forks {
+            let Some(mut m) = read(spc, db, rel, f) else {
+                continue;
+            };
+            m.segments
+                .retain_mut(|s| match map::get(spc, db, rel, f, s.segno) {
+                    Some(seg) => {
+                        s.blocks = seg.remote_blocks;
+                        s.written = seg.written;
+                        true
+                    }
+                    None => false,
+                });
+            if m.segments.is_empty() {
+                remove(spc, db, rel, f)?;
+            } else {
+                write(&m)?;
+            }
         }
+        Ok(())
+    })();
+    if let Err(e) = res {
+        pgrx::error!("yezzey: could not update map file of relation {rel}: {e}");
     }
 }
 

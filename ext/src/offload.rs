@@ -1,7 +1,8 @@
 //! `yezzey_offload_relation` and `yezzey_load_relation`.
 //!
-//! Offload of one relation, holding ShareLock (readers continue, writers and
-//! VACUUM wait):
+//! Offload of one relation, holding ExclusiveLock (plain readers continue;
+//! writers, `SELECT ... FOR UPDATE`, which writes row locks into pages,
+//! and VACUUM wait):
 //!   1. flush its dirty buffers and fsync its files;
 //!   2. per segment file of the main fork: record an upload intent, upload
 //!      the file as one object;
@@ -43,7 +44,7 @@ use yezzey_storage::runtime::block_on;
 
 const MAIN_FORK: i32 = 0;
 const FIRST_NORMAL_OBJECT_ID: u32 = 16384;
-const SHARE_LOCK: i32 = 5;
+const EXCLUSIVE_LOCK: i32 = 7;
 
 /// A relation with storage that an offload or load acts on.
 #[derive(Debug, Clone)]
@@ -200,7 +201,7 @@ fn flush(t: &Target) -> u32 {
 
 fn lock(t: &Target) {
     // SAFETY: acquiring a heavyweight lock held until transaction end.
-    unsafe { pg_sys::LockRelationOid(t.oid.into(), SHARE_LOCK) };
+    unsafe { pg_sys::LockRelationOid(t.oid.into(), EXCLUSIVE_LOCK) };
 }
 
 fn segments_of(nblocks: u32) -> Vec<(u32, u32)> {
@@ -312,6 +313,7 @@ fn offload_one(t: &Target) -> Offloaded {
             object_id: hex::encode(name.object_id),
             raw_len: up.trailer.raw_len,
             stored_len: up.stored_len,
+            written: false,
         });
     }
     if metas.is_empty() {

@@ -26,10 +26,13 @@ pub unsafe extern "C-unwind" fn yezzey_remote_read(
     let seg = &*seg;
     let storage = settings::storage();
     let name = object_name(seg);
-    let mut data = vec![0u8; n as usize * BLCKSZ];
-    if let Err(e) = storage
-        .reader
-        .read_blocking(&name, first as u64 * BLCKSZ as u64, &mut data)
+    let mut bufs: Vec<&mut [u8]> = (0..n as usize)
+        .map(|i| std::slice::from_raw_parts_mut(*buffers.add(i) as *mut u8, BLCKSZ))
+        .collect();
+    if let Err(e) =
+        storage
+            .reader
+            .read_blocks_blocking(&name, first as u64 * BLCKSZ as u64, &mut bufs)
     {
         errors::report(
             e,
@@ -43,9 +46,6 @@ pub unsafe extern "C-unwind" fn yezzey_remote_read(
                 seg.rel
             ),
         );
-    }
-    for (i, block) in data.chunks_exact(BLCKSZ).enumerate() {
-        std::ptr::copy_nonoverlapping(block.as_ptr(), *buffers.add(i) as *mut u8, BLCKSZ);
     }
 }
 

@@ -6,8 +6,10 @@
 //! postgresql.conf rather than in one session.
 use crate::errors;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
-use std::ffi::CString;
+use pgrx::pg_guard;
+use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use yezzey_storage::cache::FrameCache;
@@ -35,111 +37,167 @@ pub static ZSTD_LEVEL: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static CONTENT_ID: GucSetting<i32> = GucSetting::<i32>::new(-1);
 pub static FAULT_INJECTION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// Bumped by every assignment of a storage setting, so that `storage()`
+/// compares the settings only after something may have changed rather than
+/// on every remote read.
+static SETTINGS_EPOCH: AtomicU64 = AtomicU64::new(1);
+
+#[pg_guard]
+unsafe extern "C-unwind" fn string_assigned(_new: *const c_char, _extra: *mut c_void) {
+    SETTINGS_EPOCH.fetch_add(1, Ordering::Relaxed);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn int_assigned(_new: i32, _extra: *mut c_void) {
+    SETTINGS_EPOCH.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A SIGHUP string setting that decides how this process reaches the store.
+fn string_guc(
+    name: &'static CStr,
+    short: &'static CStr,
+    long: &'static CStr,
+    setting: &'static GucSetting<Option<CString>>,
+    flags: GucFlags,
+) {
+    // SAFETY: the hook only bumps an atomic counter.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            name,
+            short,
+            long,
+            setting,
+            GucContext::Sighup,
+            flags,
+            None,
+            Some(string_assigned),
+            None,
+        )
+    }
+}
+
+/// A SIGHUP integer setting that decides how this process reaches the store.
+#[allow(clippy::too_many_arguments)]
+fn int_guc(
+    name: &'static CStr,
+    short: &'static CStr,
+    long: &'static CStr,
+    setting: &'static GucSetting<i32>,
+    min: i32,
+    max: i32,
+    flags: GucFlags,
+) {
+    // SAFETY: the hook only bumps an atomic counter.
+    unsafe {
+        GucRegistry::define_int_guc_with_hooks(
+            name,
+            short,
+            long,
+            setting,
+            min,
+            max,
+            GucContext::Sighup,
+            flags,
+            None,
+            Some(int_assigned),
+            None,
+        )
+    }
+}
+
 pub fn define() {
-    GucRegistry::define_string_guc(
+    string_guc(
         c"yezzey.storage_url",
         c"Where offloaded objects go: s3://bucket/prefix, or an absolute directory.",
         c"Empty disables offloading. Every server sharing objects (standbys, restored backups) must use the same URL.",
         &STORAGE_URL,
-        GucContext::Sighup,
         GucFlags::default(),
     );
-    GucRegistry::define_string_guc(
+    string_guc(
         c"yezzey.s3_endpoint",
         c"S3 endpoint URL, e.g. http://127.0.0.1:3900; empty means AWS.",
         c"",
         &S3_ENDPOINT,
-        GucContext::Sighup,
         GucFlags::default(),
     );
-    GucRegistry::define_string_guc(
+    string_guc(
         c"yezzey.s3_region",
         c"S3 region.",
         c"",
         &S3_REGION,
-        GucContext::Sighup,
         GucFlags::default(),
     );
-    GucRegistry::define_string_guc(
+    string_guc(
         c"yezzey.s3_access_key_id",
         c"S3 access key id; empty reads AWS_ACCESS_KEY_ID or the AWS profile.",
         c"",
         &S3_ACCESS_KEY_ID,
-        GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
-    GucRegistry::define_string_guc(
+    string_guc(
         c"yezzey.s3_secret_access_key",
         c"S3 secret access key; empty reads AWS_SECRET_ACCESS_KEY or the AWS profile.",
         c"",
         &S3_SECRET_ACCESS_KEY,
-        GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
     );
-    GucRegistry::define_string_guc(
+    string_guc(
         c"yezzey.key_file",
         c"File of 256-bit encryption keys (hex, one per line, first is current); empty stores objects unencrypted.",
         c"",
         &KEY_FILE,
-        GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
-    GucRegistry::define_string_guc(
+    string_guc(
         c"yezzey.cache_dir",
         c"Directory of the local cache of decoded frames; default $PGDATA/pg_yezzey/cache.",
         c"",
         &CACHE_DIR,
-        GucContext::Sighup,
         GucFlags::default(),
     );
-    GucRegistry::define_int_guc(
+    int_guc(
         c"yezzey.cache_size",
         c"Size limit of the local frame cache; 0 disables it.",
         c"",
         &CACHE_SIZE_MB,
         0,
         i32::MAX,
-        GucContext::Sighup,
         GucFlags::UNIT_MB,
     );
-    GucRegistry::define_int_guc(
+    int_guc(
         c"yezzey.readahead",
         c"How much of a sequentially read object is fetched ahead; 0 disables readahead.",
         c"",
         &READAHEAD_KB,
         0,
         1 << 20,
-        GucContext::Sighup,
         GucFlags::UNIT_KB,
     );
-    GucRegistry::define_int_guc(
+    int_guc(
         c"yezzey.timeout",
         c"Timeout of one request to the object store (requests are tried up to 3 times).",
         c"",
         &TIMEOUT_S,
         1,
         3600,
-        GucContext::Sighup,
         GucFlags::UNIT_S,
     );
-    GucRegistry::define_int_guc(
+    int_guc(
         c"yezzey.frame_size",
         c"Raw size of the independently readable frames of new objects.",
         c"Must be a multiple of 8kB.",
         &FRAME_KB,
         8,
         65536,
-        GucContext::Sighup,
         GucFlags::UNIT_KB,
     );
-    GucRegistry::define_int_guc(
+    int_guc(
         c"yezzey.zstd_level",
         c"zstd level of new objects; 0 stores frames uncompressed.",
         c"",
         &ZSTD_LEVEL,
         0,
         22,
-        GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
@@ -213,7 +271,8 @@ pub struct Storage {
     pub describe: String,
 }
 
-static STORAGE: Mutex<Option<(Config, Arc<Storage>)>> = Mutex::new(None);
+/// The handle, the settings it was built from, and the epoch they were read at.
+static STORAGE: Mutex<Option<(u64, Config, Arc<Storage>)>> = Mutex::new(None);
 
 pub fn data_dir() -> PathBuf {
     // SAFETY: DataDir is set before any extension code runs and never changes.
@@ -229,10 +288,18 @@ pub fn data_dir() -> PathBuf {
 /// This process's storage handle, rebuilt when the settings change
 /// (after a SIGHUP). Reports a clear ERROR when nothing is configured.
 pub fn storage() -> Arc<Storage> {
-    let cfg = Config::current();
+    let epoch = SETTINGS_EPOCH.load(Ordering::Relaxed);
     let mut slot = STORAGE.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((c, s)) = slot.as_ref() {
+    if let Some((e, _, s)) = slot.as_ref() {
+        if *e == epoch {
+            return s.clone();
+        }
+    }
+    // Something was assigned (a reload): rebuild only if it changed.
+    let cfg = Config::current();
+    if let Some((e, c, s)) = slot.as_mut() {
         if *c == cfg {
+            *e = epoch;
             return s.clone();
         }
     }
@@ -240,7 +307,7 @@ pub fn storage() -> Arc<Storage> {
         build(&cfg)
             .unwrap_or_else(|e| errors::report(e, "cannot use the configured object storage")),
     );
-    *slot = Some((cfg, s.clone()));
+    *slot = Some((epoch, cfg, s.clone()));
     s
 }
 

@@ -39,6 +39,7 @@ typedef struct YzSegEntry
 	YzSegKey	key;
 	uint32		remote_blocks;
 	uint8		object_id[16];
+	bool		written;
 } YzSegEntry;
 
 typedef struct YzRelKey
@@ -171,6 +172,7 @@ yz_map_get(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
 		out->segno = segno;
 		out->remote_blocks = e->remote_blocks;
 		memcpy(out->object_id, e->object_id, 16);
+		out->written = e->written;
 	}
 	LWLockRelease(yz_shared->lock);
 	return e != NULL;
@@ -228,9 +230,32 @@ yz_map_put(const YzSegInfo *seg)
 	}
 	e->remote_blocks = seg->remote_blocks;
 	memcpy(e->object_id, seg->object_id, 16);
+	e->written = seg->written;
 	bump();
 	LWLockRelease(yz_shared->lock);
 	return true;
+}
+
+bool
+yz_map_mark_written(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
+					uint32_t segno, uint32_t first)
+{
+	YzSegKey	key = {spc, db, rel, fork, segno};
+	YzSegEntry *e;
+	bool		changed = false;
+
+	if (yz_shared == NULL)
+		return false;
+	LWLockAcquire(yz_shared->lock, LW_EXCLUSIVE);
+	e = hash_search(yz_segs, &key, HASH_FIND, NULL);
+	if (e != NULL && !e->written && first < e->remote_blocks)
+	{
+		/* Readers fetch entries per read, not cached: no generation bump. */
+		e->written = true;
+		changed = true;
+	}
+	LWLockRelease(yz_shared->lock);
+	return changed;
 }
 
 int

@@ -6,6 +6,8 @@
  * keeps handling size, extension, truncation, unlink and fsync; reads fill
  * the blocks that are holes in a segment's remote range from object storage,
  * and a block written after offload is simply local again (copy-on-write).
+ * Until the first such write, a segment's remote range is known to be all
+ * holes, and reads skip md and go straight to the object.
  */
 #include "postgres.h"
 
@@ -100,8 +102,33 @@ page_is_zero(const void *page)
  * punches holes.
  */
 static void
-fill_remote(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
-			void **buffers, BlockNumber nblocks)
+fill_remote(const YzSegInfo *seg, BlockNumber first, void **buffers, BlockNumber nblocks)
+{
+	BlockNumber i = 0;
+
+	while (i < nblocks)
+	{
+		BlockNumber run;
+
+		if (first + i >= seg->remote_blocks || !page_is_zero(buffers[i]))
+		{
+			i++;
+			continue;
+		}
+		/* A run of zero blocks within the remote range. */
+		run = 1;
+		while (i + run < nblocks && first + i + run < seg->remote_blocks &&
+			   page_is_zero(buffers[i + run]))
+			run++;
+		yezzey_remote_read(seg, first + i, run, &buffers[i]);
+		i += run;
+	}
+}
+
+/* fill_remote for each segment of a range md has just read. */
+static void
+fill_holes(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
+		   void **buffers, BlockNumber nblocks)
 {
 	RelFileLocator l = reln->smgr_rlocator.locator;
 	BlockNumber i = 0;
@@ -109,25 +136,69 @@ fill_remote(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 	while (i < nblocks)
 	{
 		BlockNumber blk = blocknum + i;
-		uint32_t	segno = blk / RELSEG_SIZE;
-		uint32_t	first = blk % RELSEG_SIZE;
+		BlockNumber first = blk % RELSEG_SIZE;
+		BlockNumber run = Min(nblocks - i, RELSEG_SIZE - first);
 		YzSegInfo	seg;
-		BlockNumber run;
 
-		if (!page_is_zero(buffers[i]) ||
-			!yz_map_get(l.spcOid, l.dbOid, l.relNumber, forknum, segno, &seg) ||
-			first >= seg.remote_blocks)
-		{
-			i++;
-			continue;
-		}
-		/* A run of zero blocks within this segment's remote range. */
-		run = 1;
-		while (i + run < nblocks && first + run < seg.remote_blocks &&
-			   page_is_zero(buffers[i + run]))
-			run++;
-		yezzey_remote_read(&seg, first, run, &buffers[i]);
+		if (yz_map_get(l.spcOid, l.dbOid, l.relNumber, forknum, blk / RELSEG_SIZE, &seg))
+			fill_remote(&seg, first, &buffers[i], run);
 		i += run;
+	}
+}
+
+/*
+ * Reads a range of a relation with remote segments, one segment at a time:
+ * the remote range of a segment without local writes comes straight from
+ * the object; anything else is read by md, and its holes filled.
+ */
+static void
+read_offloaded(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
+			   void **buffers, BlockNumber nblocks)
+{
+	RelFileLocator l = reln->smgr_rlocator.locator;
+	BlockNumber i = 0;
+
+	while (i < nblocks)
+	{
+		BlockNumber blk = blocknum + i;
+		BlockNumber first = blk % RELSEG_SIZE;
+		BlockNumber run = Min(nblocks - i, RELSEG_SIZE - first);
+		YzSegInfo	seg;
+
+		if (yz_map_get(l.spcOid, l.dbOid, l.relNumber, forknum, blk / RELSEG_SIZE, &seg) &&
+			!seg.written && first < seg.remote_blocks)
+		{
+			run = Min(run, seg.remote_blocks - first);
+			yezzey_remote_read(&seg, first, run, &buffers[i]);
+		}
+		else
+		{
+			mdreadv(reln, forknum, blk, &buffers[i], run);
+			/* Look again: the segment may have been evicted meanwhile. */
+			fill_holes(reln, forknum, blk, &buffers[i], run);
+		}
+		i += run;
+	}
+}
+
+/*
+ * Before a write lands in a segment's remote range, records (durably, in
+ * the map file) that the segment has local writes, so that no read, now or
+ * after a crash, takes the remote bytes for it without looking locally.
+ */
+static void
+note_local_write(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
+				 BlockNumber nblocks)
+{
+	RelFileLocator l = reln->smgr_rlocator.locator;
+	BlockNumber blk = blocknum;
+
+	while (blk < blocknum + nblocks)
+	{
+		if (yz_map_mark_written(l.spcOid, l.dbOid, l.relNumber, forknum,
+								blk / RELSEG_SIZE, blk % RELSEG_SIZE))
+			yezzey_map_persist(l.spcOid, l.dbOid, l.relNumber, forknum);
+		blk = (blk / RELSEG_SIZE + 1) * RELSEG_SIZE;
 	}
 }
 
@@ -198,6 +269,8 @@ yz_extend(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 		  const void *buffer, bool skipFsync)
 {
 	COUNT(YZ_CALL_EXTEND);
+	if (unlikely(has_remote(reln)))
+		note_local_write(reln, forknum, blocknum, 1);
 	mdextend(reln, forknum, blocknum, buffer, skipFsync);
 }
 
@@ -206,6 +279,8 @@ yz_zeroextend(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 			  int nblocks, bool skipFsync)
 {
 	COUNT(YZ_CALL_ZEROEXTEND);
+	if (unlikely(has_remote(reln)))
+		note_local_write(reln, forknum, blocknum, nblocks);
 	mdzeroextend(reln, forknum, blocknum, nblocks, skipFsync);
 }
 
@@ -232,9 +307,18 @@ yz_readv(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 		 void **buffers, BlockNumber nblocks)
 {
 	COUNT(YZ_CALL_READV);
-	mdreadv(reln, forknum, blocknum, buffers, nblocks);
-	if (unlikely(has_remote(reln)))
-		fill_remote(reln, forknum, blocknum, buffers, nblocks);
+	if (likely(!has_remote(reln)))
+	{
+		mdreadv(reln, forknum, blocknum, buffers, nblocks);
+		/*
+		 * Checked again after reading: an eviction that started meanwhile
+		 * published its map before punching the holes md may have read.
+		 */
+		if (unlikely(has_remote(reln)))
+			fill_holes(reln, forknum, blocknum, buffers, nblocks);
+	}
+	else
+		read_offloaded(reln, forknum, blocknum, buffers, nblocks);
 }
 
 static void
@@ -242,6 +326,8 @@ yz_writev(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 		  const void **buffers, BlockNumber nblocks, bool skipFsync)
 {
 	COUNT(YZ_CALL_WRITEV);
+	if (unlikely(has_remote(reln)))
+		note_local_write(reln, forknum, blocknum, nblocks);
 	mdwritev(reln, forknum, blocknum, buffers, nblocks, skipFsync);
 }
 

@@ -68,6 +68,13 @@ typedef struct YzSegInfo
 	/* Blocks [0, remote_blocks) of the segment are backed by the object. */
 	uint32_t	remote_blocks;
 	uint8_t		object_id[16];
+	/*
+	 * A block of the remote range was written locally since the offload, so
+	 * reads must look at the local file first.  While false, every block of
+	 * the range is a hole (or still the bytes that were uploaded) and reads
+	 * go straight to the object.
+	 */
+	bool		written;
 } YzSegInfo;
 
 extern int	yz_max_segments;
@@ -82,6 +89,13 @@ extern bool yz_map_get(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
 extern bool yz_map_put(const YzSegInfo *seg);
 /* Removes every segment of a fork (fork < 0: of every fork); returns how many. */
 extern int	yz_map_remove(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork);
+/*
+ * Records that a block at or after `first` of a segment is about to be
+ * written locally; true when this changed the segment's flag (the caller
+ * then persists it before writing).
+ */
+extern bool yz_map_mark_written(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
+								uint32_t segno, uint32_t first);
 /* Clamps remote ranges to a fork's new length in blocks; returns entries changed. */
 extern int	yz_map_truncate(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
 							uint32_t nblocks, uint32_t blocks_per_segment);
@@ -98,7 +112,7 @@ extern void yezzey_remote_read(const YzSegInfo *seg, uint32_t first, uint32_t n,
 /* Hints that blocks [first, first + n) of a segment will be read soon. */
 extern void yezzey_remote_prefetch(const YzSegInfo *seg, uint32_t first, uint32_t n);
 /* Rewrites the durable map file of a fork after the shared map changed
- * underneath it (truncate, unlink, relfilenumber reuse). */
+ * underneath it (truncate, unlink, relfilenumber reuse, a first local write). */
 extern void yezzey_map_persist(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork);
 /* Loads the durable map into shared memory (postmaster start and restart). */
 extern void yezzey_map_load(void);

@@ -293,37 +293,58 @@ impl FrameCache {
     /// entry failed its checksums and was dropped). `offset` must be
     /// block-aligned.
     pub fn read(&self, name: &str, frame: u32, offset: usize, out: &mut [u8]) -> bool {
-        let hit = self.read_inner(entry_key(name, frame), offset, out);
+        let mut bufs: Vec<&mut [u8]> = out.chunks_mut(BLOCK_SIZE).collect();
+        self.read_blocks(name, frame, offset, &mut bufs)
+    }
+
+    /// Like [`read`](Self::read), into separate buffers of one block each
+    /// (the last may be shorter): PostgreSQL's buffers for one read are not
+    /// contiguous, and one `preadv` into them saves a copy per block.
+    pub fn read_blocks(
+        &self,
+        name: &str,
+        frame: u32,
+        offset: usize,
+        bufs: &mut [&mut [u8]],
+    ) -> bool {
+        let hit = self.read_inner(entry_key(name, frame), offset, bufs);
         self.counter(if hit { Counter::Hits } else { Counter::Misses })
             .fetch_add(1, Ordering::Relaxed);
         hit
     }
 
-    fn read_inner(&self, key: u128, offset: usize, out: &mut [u8]) -> bool {
+    fn read_inner(&self, key: u128, offset: usize, bufs: &mut [&mut [u8]]) -> bool {
         debug_assert_eq!(offset % BLOCK_SIZE, 0);
+        let Some((last, whole)) = bufs.split_last_mut() else {
+            return true;
+        };
+        debug_assert!(whole.iter().all(|b| b.len() == BLOCK_SIZE) && last.len() <= BLOCK_SIZE);
+        let len = whole.len() * BLOCK_SIZE + last.len();
         let Some(entry) = self.open_entry(key) else {
             return false;
         };
         let mut e = entry.lock().unwrap();
-        if offset + out.len() > e.raw_len {
+        if offset + len > e.raw_len {
             return false;
         }
         let data_off = (HEADER_LEN + e.checksums.len() * 8) as u64 + offset as u64;
         // Blocks are checksummed whole (the file pads the last one), so a
-        // request that ends mid-block reads the whole block aside.
+        // request that ends mid-block reads that block aside.
         let mut spill = Vec::new();
-        let buf: &mut [u8] = if out.len().is_multiple_of(BLOCK_SIZE) {
-            out
-        } else {
-            spill.resize(out.len().div_ceil(BLOCK_SIZE) * BLOCK_SIZE, 0);
-            &mut spill
-        };
+        let partial = last.len() < BLOCK_SIZE;
+        if partial {
+            spill.resize(BLOCK_SIZE, 0);
+        }
         let first = offset / BLOCK_SIZE;
-        let ok = e.file.read_exact_at(buf, data_off).is_ok()
-            && buf
-                .chunks(BLOCK_SIZE)
-                .enumerate()
-                .all(|(i, b)| xxh3_64(b) == e.checksums[first + i]);
+        let ok = {
+            let mut iov: Vec<&mut [u8]> = whole.iter_mut().map(|b| &mut **b).collect();
+            iov.push(if partial { &mut spill[..] } else { &mut **last });
+            preadv_exact(&e.file, &mut iov, data_off).is_ok()
+                && iov
+                    .iter()
+                    .enumerate()
+                    .all(|(i, b)| xxh3_64(b) == e.checksums[first + i])
+        };
         if !ok {
             let path = e.path.clone();
             drop(e);
@@ -331,9 +352,9 @@ impl FrameCache {
             self.discard(&path);
             return false;
         }
-        if !spill.is_empty() {
-            let n = out.len();
-            out.copy_from_slice(&spill[..n]);
+        if partial {
+            let n = last.len();
+            last.copy_from_slice(&spill[..n]);
         }
         let now = SystemTime::now();
         if now.duration_since(e.touched).unwrap_or_default() > TOUCH_INTERVAL {
@@ -568,6 +589,56 @@ impl FrameCache {
     pub fn disk_usage(&self) -> Result<u64> {
         Ok(self.scan()?.iter().map(|e| e.1).sum())
     }
+}
+
+/// Linux's limit on iovecs per call.
+const IOV_MAX: usize = 1024;
+
+/// Fills `bufs` from `file` at `offset` with as few `preadv` calls as the
+/// kernel allows (one, for a regular file in practice).
+fn preadv_exact(file: &File, bufs: &mut [&mut [u8]], mut offset: u64) -> io::Result<()> {
+    let mut iov: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
+    let mut at = 0;
+    while at < iov.len() {
+        let n = iov.len() - at;
+        // SAFETY: every iovec points into a live, exclusively borrowed buffer.
+        let got = unsafe {
+            libc::preadv(
+                file.as_raw_fd(),
+                iov[at..].as_ptr(),
+                n.min(IOV_MAX) as i32,
+                offset as libc::off_t,
+            )
+        };
+        if got < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if got == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        offset += got as u64;
+        let mut got = got as usize;
+        while at < iov.len() && got >= iov[at].iov_len {
+            got -= iov[at].iov_len;
+            at += 1;
+        }
+        if got > 0 {
+            // SAFETY: advancing within the same buffer.
+            iov[at].iov_base = unsafe { iov[at].iov_base.cast::<u8>().add(got).cast() };
+            iov[at].iov_len -= got;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -251,6 +251,88 @@ impl RemoteReader {
         crate::runtime::block_on(self.read(name, offset, out))
     }
 
+    /// Reads blocks of raw bytes starting at `offset` straight into `bufs`
+    /// (one block each, as PostgreSQL's buffers come), for callers outside
+    /// the runtime. Cache and memory hits are served on the calling thread
+    /// with one `preadv` per frame and no copy; only misses enter the runtime.
+    pub fn read_blocks_blocking(
+        &self,
+        name: &str,
+        offset: u64,
+        bufs: &mut [&mut [u8]],
+    ) -> Result<()> {
+        let bs = crate::format::BLOCK_SIZE;
+        let cached = self.0.layouts.lock().unwrap().get(name).cloned();
+        let layout = match cached {
+            Some(l) => l,
+            None => crate::runtime::block_on(self.layout(name))?,
+        };
+        let fs = layout.trailer.frame_size as u64;
+        let end = offset + (bufs.len() * bs) as u64;
+        if !offset.is_multiple_of(bs as u64)
+            || bufs.iter().any(|b| b.len() != bs)
+            || end > layout.trailer.raw_len
+        {
+            // Not the block-shaped read this path is for: take the general one.
+            let mut tmp = vec![0u8; bufs.iter().map(|b| b.len()).sum()];
+            self.read_blocking(name, offset, &mut tmp)?;
+            let mut at = 0;
+            for b in bufs.iter_mut() {
+                b.copy_from_slice(&tmp[at..at + b.len()]);
+                at += b.len();
+            }
+            return Ok(());
+        }
+        let name: Arc<str> = Arc::from(name);
+        let (mut pos, mut i) = (offset, 0);
+        while i < bufs.len() {
+            let frame = (pos / fs) as u32;
+            let in_frame = (pos % fs) as usize;
+            let n = (bufs.len() - i).min((fs as usize - in_frame) / bs);
+            let part = &mut bufs[i..i + n];
+            self.note_access(&name, &layout, frame);
+            if !self.read_blocks_now(&name, frame, in_frame, part) {
+                let mut tmp = vec![0u8; n * bs];
+                crate::runtime::block_on(
+                    self.read_frame_part(&name, &layout, frame, in_frame, &mut tmp),
+                )?;
+                for (b, c) in part.iter_mut().zip(tmp.chunks_exact(bs)) {
+                    b.copy_from_slice(c);
+                }
+            }
+            pos += (n * bs) as u64;
+            i += n;
+        }
+        Ok(())
+    }
+
+    /// Serves blocks of one frame from the disk cache or memory, if there.
+    fn read_blocks_now(
+        &self,
+        name: &Arc<str>,
+        frame: u32,
+        off: usize,
+        bufs: &mut [&mut [u8]],
+    ) -> bool {
+        let inner = &self.0;
+        if let Some(c) = &inner.cache {
+            if c.read_blocks(name, frame, off, bufs) {
+                inner.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+        }
+        let Some(f) = inner.memory.lock().unwrap().get(&(name.clone(), frame)) else {
+            return false;
+        };
+        inner.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+        let mut at = off;
+        for b in bufs.iter_mut() {
+            b.copy_from_slice(&f[at..at + b.len()]);
+            at += b.len();
+        }
+        true
+    }
+
     /// Starts fetching the frames covering `[offset, offset+len)` in the
     /// background (PostgreSQL's `smgrprefetch`); returns at once.
     pub fn prefetch(&self, name: &str, offset: u64, len: u64) {
