@@ -303,9 +303,15 @@ pub fn storage() -> Arc<Storage> {
             return s.clone();
         }
     }
+    let t0 = std::time::Instant::now();
     let s = Arc::new(
         build(&cfg)
             .unwrap_or_else(|e| errors::report(e, "cannot use the configured object storage")),
+    );
+    pgrx::debug1!(
+        "yezzey: storage client for {} ready in {:.1} ms",
+        s.describe,
+        t0.elapsed().as_secs_f64() * 1000.0
     );
     *slot = Some((epoch, cfg, s.clone()));
     s
