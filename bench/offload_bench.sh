@@ -77,6 +77,8 @@ for r in $(seq 1 "$ROUNDS"); do
         res[$t,cold]+="$(val -c "SELECT bench_ms(format('$scan', '$t'))") "
         res[$t,warm]+="$(val -c "SELECT bench_ms(format('$scan', '$t'))") "
         cold_restart
+        res[$t,scold]+="$(val -c "SET max_parallel_workers_per_gather = 0" -c "SELECT bench_ms(format('$scan', '$t'))") "
+        cold_restart
         res[$t,pcold]+="$(val -c "SELECT bench_points('$t', 300)") "
         res[$t,pwarm]+="$(val -c "SELECT bench_points('$t', 300)") "
     done
@@ -86,7 +88,7 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print (NR%
 echo
 echo "| measurement (median of $ROUNDS) | local | offloaded | offloaded speed vs local |"
 echo "|---|---:|---:|---:|"
-for m in "cold:full scan, cold cache (ms)" "warm:full scan, warm cache (ms)" "first:first row of a cold scan (ms)" \
+for m in "cold:full scan, cold cache (ms)" "scold:full scan, cold cache, no parallel workers (ms)" "warm:full scan, warm cache (ms)" "first:first row of a cold scan (ms)" \
          "pcold:index point lookup, cold cache (ms each)" "pwarm:index point lookup, warm cache (ms each)"; do
     k=${m%%:*}; label=${m#*:}
     l=$(echo "${res[t_local,$k]}" | median); o=$(echo "${res[t_off,$k]}" | median)

@@ -10,7 +10,20 @@ garage_cmd() { garage -c "$CONF" "$@"; }
 
 running() { [ -f "$G/pid" ] && kill -0 "$(cat "$G/pid")" 2>/dev/null; }
 
+# Garage's S3 server leaves Nagle's algorithm on, and Linux delays ACKs:
+# together they stall a small response ~40 ms after its headers (measured:
+# 8 KiB range GETs took 44 ms instead of 3). Production stores set
+# TCP_NODELAY; for this local one, ACK at once on the loopback route (the
+# setting lives until reboot and only changes when ACKs are sent).
+loopback_quickack() {
+    [ "$(id -u)" = 0 ] && command -v ip >/dev/null || return 0
+    ip route show table local 2>/dev/null | grep -q '^local 127.0.0.1 .*quickack 1' && return 0
+    ip route replace local 127.0.0.1 dev lo table local proto kernel scope host src 127.0.0.1 quickack 1 2>/dev/null \
+        || log "could not enable quickack on the loopback route: small GETs from Garage may stall 40 ms"
+}
+
 start() {
+    loopback_quickack
     command -v garage >/dev/null || die "garage is not installed: run scripts/install-tools.sh"
     mkdir -p "$G/meta" "$G/data"
     if [ ! -f "$CONF" ]; then
@@ -19,6 +32,8 @@ metadata_dir = "$G/meta"
 data_dir = "$G/data"
 db_engine = "lmdb"
 replication_factor = 1
+# yezzey's objects are compressed and encrypted already.
+compression_level = "none"
 rpc_bind_addr = "127.0.0.1:$GARAGE_RPC_PORT"
 rpc_public_addr = "127.0.0.1:$GARAGE_RPC_PORT"
 rpc_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"

@@ -95,12 +95,25 @@ def referenced_objects():
     data = os.path.join(os.environ["YEZZEY_RUN"], "pgdata", "pg_yezzey", "map")
     import json
     for f in os.listdir(data) if os.path.isdir(data) else []:
+        if not f.endswith(".json"):
+            continue
         with open(os.path.join(data, f)) as fh:
             m = json.load(fh)
         fork = ["main", "fsm", "vm", "init"][m["fork"]]
         for s in m["segments"]:
             names.add(f"{sysid}/seg{m['content']}/{m['spc']}/{m['db']}/{m['rel']}/{fork}.{s['segno']}.{s['object_id']}.yz")
     return names
+
+
+def map_segments(relfilenode):
+    """The local-write flag of each segment in a relation's map file."""
+    import json
+    data = os.path.join(os.environ["YEZZEY_RUN"], "pgdata", "pg_yezzey", "map")
+    for f in os.listdir(data):
+        if f.endswith("_0.json") and f.split("_")[2] == str(relfilenode):
+            with open(os.path.join(data, f)) as fh:
+                return [s["written"] for s in json.load(fh)["segments"]]
+    raise AssertionError(f"no map file for relfilenode {relfilenode}")
 
 
 class Offload(unittest.TestCase):
@@ -175,6 +188,25 @@ class Offload(unittest.TestCase):
         q("SELECT bt_index_check('wr_pkey', true)")
         # ids divisible by 500, less 5000 and 5500 (deleted)
         self.assertEqual(q("SELECT count(*) FROM wr WHERE amount = -1"), "198")
+
+    def test_first_write_marks_segment_durably(self):
+        """Reads of a segment without local writes skip the local file; the
+        first write must flip that, durably, before its block lands."""
+        make_table("lw", rows=100_000)
+        q("SELECT * FROM yezzey_offload_relation('lw', with_indexes => false)")
+        rel = q("SELECT relfilenode FROM pg_class WHERE relname = 'lw'")
+        self.assertEqual(map_segments(rel), [False], "fresh offload has no local writes")
+        q("UPDATE lw SET note = 'changed after offload' WHERE id = 4242; CHECKPOINT")
+        # The checkpointer wrote the block, so it recorded the write first.
+        self.assertEqual(map_segments(rel), [True])
+        expect = checksum("lw")
+        # No WAL replays the update after this crash: only the flag makes
+        # reads look at the local block instead of the object's old one.
+        crash_and_restart()
+        self.assertEqual(map_segments(rel), [True])
+        self.assertEqual(q("SELECT note FROM lw WHERE id = 4242"), "changed after offload")
+        self.assertEqual(checksum("lw"), expect, "after kill -9")
+        self.assertEqual(q("SELECT count(*) FROM verify_heapam('lw')"), "0")
 
     def test_truncate_drop_and_gc(self):
         make_table("gc1", rows=50_000)

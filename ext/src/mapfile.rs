@@ -152,13 +152,14 @@ fn remove_durably(dir: &Path, name: &str) -> io::Result<()> {
 /// checkpointer recording a first local write while a backend truncates).
 /// An flock: released by the kernel if the holder dies.
 fn map_lock() -> io::Result<File> {
-    let dir = map_dir();
+    // Beside the map directory, which holds map files only.
+    let dir = data_dir().join("pg_yezzey");
     fs::create_dir_all(&dir)?;
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(dir.join(".lock"))?;
+        .open(dir.join("map.lock"))?;
     // SAFETY: flock on an fd we own.
     while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
         let e = io::Error::last_os_error();
