@@ -125,35 +125,15 @@ fill_remote(const YzSegInfo *seg, BlockNumber first, void **buffers, BlockNumber
 	}
 }
 
-/* fill_remote for each segment of a range md has just read. */
-static void
-fill_holes(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
-		   void **buffers, BlockNumber nblocks)
-{
-	RelFileLocator l = reln->smgr_rlocator.locator;
-	BlockNumber i = 0;
-
-	while (i < nblocks)
-	{
-		BlockNumber blk = blocknum + i;
-		BlockNumber first = blk % RELSEG_SIZE;
-		BlockNumber run = Min(nblocks - i, RELSEG_SIZE - first);
-		YzSegInfo	seg;
-
-		if (yz_map_get(l.spcOid, l.dbOid, l.relNumber, forknum, blk / RELSEG_SIZE, &seg))
-			fill_remote(&seg, first, &buffers[i], run);
-		i += run;
-	}
-}
-
 /*
  * Reads a range of a relation with remote segments, one segment at a time:
  * the remote range of a segment without local writes comes straight from
- * the object; anything else is read by md, and its holes filled.
+ * the object; anything else is read by md (unless the caller already did),
+ * and its holes filled.
  */
 static void
-read_offloaded(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
-			   void **buffers, BlockNumber nblocks)
+read_segments(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
+			  void **buffers, BlockNumber nblocks, bool md_done)
 {
 	RelFileLocator l = reln->smgr_rlocator.locator;
 	BlockNumber i = 0;
@@ -164,18 +144,24 @@ read_offloaded(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 		BlockNumber first = blk % RELSEG_SIZE;
 		BlockNumber run = Min(nblocks - i, RELSEG_SIZE - first);
 		YzSegInfo	seg;
+		bool		found;
 
-		if (yz_map_get(l.spcOid, l.dbOid, l.relNumber, forknum, blk / RELSEG_SIZE, &seg) &&
-			!seg.written && first < seg.remote_blocks)
+		found = yz_map_get(l.spcOid, l.dbOid, l.relNumber, forknum, blk / RELSEG_SIZE, &seg);
+		if (!md_done && found && !seg.written && first < seg.remote_blocks)
 		{
 			run = Min(run, seg.remote_blocks - first);
 			yezzey_remote_read(&seg, first, run, &buffers[i]);
 		}
 		else
 		{
-			mdreadv(reln, forknum, blk, &buffers[i], run);
-			/* Look again: the segment may have been evicted meanwhile. */
-			fill_holes(reln, forknum, blk, &buffers[i], run);
+			if (!md_done)
+			{
+				mdreadv(reln, forknum, blk, &buffers[i], run);
+				/* Look again: the segment may have been evicted meanwhile. */
+				found = yz_map_get(l.spcOid, l.dbOid, l.relNumber, forknum, blk / RELSEG_SIZE, &seg);
+			}
+			if (found)
+				fill_remote(&seg, first, &buffers[i], run);
 		}
 		i += run;
 	}
@@ -315,10 +301,10 @@ yz_readv(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 		 * published its map before punching the holes md may have read.
 		 */
 		if (unlikely(has_remote(reln)))
-			fill_holes(reln, forknum, blocknum, buffers, nblocks);
+			read_segments(reln, forknum, blocknum, buffers, nblocks, true);
 	}
 	else
-		read_offloaded(reln, forknum, blocknum, buffers, nblocks);
+		read_segments(reln, forknum, blocknum, buffers, nblocks, false);
 }
 
 static void
