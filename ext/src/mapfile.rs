@@ -170,16 +170,26 @@ fn map_lock() -> io::Result<File> {
     Ok(f)
 }
 
-/// Writes a map with each segment's remote length and local-write flag
-/// taken from the shared map (which the I/O path updates first).
+/// Makes a map say what the shared map (which the I/O path updates first)
+/// says: each segment's remote length and local-write flag; segments it no
+/// longer has are dropped. Call holding `map_lock`.
+fn refresh_from_shared(m: &mut ForkMap) {
+    let (spc, db, rel, fork) = (m.spc, m.db, m.rel, m.fork);
+    m.segments
+        .retain_mut(|s| match map::get(spc, db, rel, fork, s.segno) {
+            Some(seg) => {
+                s.blocks = seg.remote_blocks;
+                s.written = seg.written;
+                true
+            }
+            None => false,
+        });
+}
+
+/// Writes a map as the shared map has it.
 fn write_from_shared(m: &mut ForkMap) -> io::Result<()> {
     let _lock = map_lock()?;
-    for s in &mut m.segments {
-        if let Some(seg) = map::get(m.spc, m.db, m.rel, m.fork, s.segno) {
-            s.blocks = seg.remote_blocks;
-            s.written = seg.written;
-        }
-    }
+    refresh_from_shared(m);
     write(m)
 }
 
@@ -361,15 +371,7 @@ pub extern "C-unwind" fn yezzey_map_persist(spc: u32, db: u32, rel: u32, fork: i
             let Some(mut m) = read(spc, db, rel, f) else {
                 continue;
             };
-            m.segments
-                .retain_mut(|s| match map::get(spc, db, rel, f, s.segno) {
-                    Some(seg) => {
-                        s.blocks = seg.remote_blocks;
-                        s.written = seg.written;
-                        true
-                    }
-                    None => false,
-                });
+            refresh_from_shared(&mut m);
             if m.segments.is_empty() {
                 remove(spc, db, rel, f)?;
             } else {

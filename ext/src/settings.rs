@@ -77,7 +77,6 @@ fn string_guc(
 }
 
 /// A SIGHUP integer setting that decides how this process reaches the store.
-#[allow(clippy::too_many_arguments)]
 fn int_guc(
     name: &'static CStr,
     short: &'static CStr,
