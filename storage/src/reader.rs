@@ -124,6 +124,15 @@ const SEQ_GAP: u32 = 3;
 /// One budget permit per KiB of in-flight stored bytes.
 const PERMIT_BYTES: u64 = 1024;
 
+/// Copies the front of `src` into `bufs`, one after another.
+fn scatter(src: &[u8], bufs: &mut [&mut [u8]]) {
+    let mut at = 0;
+    for b in bufs.iter_mut() {
+        b.copy_from_slice(&src[at..at + b.len()]);
+        at += b.len();
+    }
+}
+
 fn dup_err(e: &Error) -> Error {
     match e {
         Error::Corrupt { name, detail } => Error::Corrupt {
@@ -276,11 +285,7 @@ impl RemoteReader {
             // Not the block-shaped read this path is for: take the general one.
             let mut tmp = vec![0u8; bufs.iter().map(|b| b.len()).sum()];
             self.read_blocking(name, offset, &mut tmp)?;
-            let mut at = 0;
-            for b in bufs.iter_mut() {
-                b.copy_from_slice(&tmp[at..at + b.len()]);
-                at += b.len();
-            }
+            scatter(&tmp, bufs);
             return Ok(());
         }
         let name: Arc<str> = Arc::from(name);
@@ -296,9 +301,7 @@ impl RemoteReader {
                 crate::runtime::block_on(
                     self.read_frame_part(&name, &layout, frame, in_frame, &mut tmp),
                 )?;
-                for (b, c) in part.iter_mut().zip(tmp.chunks_exact(bs)) {
-                    b.copy_from_slice(c);
-                }
+                scatter(&tmp, part);
             }
             pos += (n * bs) as u64;
             i += n;
@@ -325,11 +328,7 @@ impl RemoteReader {
             return false;
         };
         inner.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
-        let mut at = off;
-        for b in bufs.iter_mut() {
-            b.copy_from_slice(&f[at..at + b.len()]);
-            at += b.len();
-        }
+        scatter(&f[off..], bufs);
         true
     }
 
