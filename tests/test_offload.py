@@ -208,6 +208,45 @@ class Offload(unittest.TestCase):
         self.assertEqual(checksum("lw"), expect, "after kill -9")
         self.assertEqual(q("SELECT count(*) FROM verify_heapam('lw')"), "0")
 
+    def test_damaged_cache_is_an_error_then_cleared(self):
+        """With data checksums on, cache hits rely on PostgreSQL's page
+        checksum: a damaged cached page must be its ERROR, never rows, and
+        yezzey_cache_clear() must mend it from the objects."""
+        self.assertEqual(q("SHOW data_checksums"), "on")
+        make_table("dc", rows=50_000)
+        q("VACUUM (FREEZE) dc")
+        expect = checksum("dc")
+        q("SELECT * FROM yezzey_offload_relation('dc', with_indexes => false)")
+        restart(wipe_cache=True)
+        self.assertEqual(checksum("dc"), expect, "first read fills the cache")
+        # Flip a byte inside the first block of every cached frame (a page's
+        # line pointers: its header still says the page is not new).
+        cache = os.path.join(os.environ["YEZZEY_RUN"], "pgdata", "pg_yezzey", "cache")
+        damaged = 0
+        for sub in os.listdir(cache):
+            d = os.path.join(cache, sub)
+            if len(sub) != 2 or not os.path.isdir(d):
+                continue
+            for f in os.listdir(d):
+                if f.endswith(".claim"):
+                    continue
+                with open(os.path.join(d, f), "r+b") as fh:
+                    head = fh.read(16)
+                    nblocks = int.from_bytes(head[12:16], "little")
+                    at = 64 + nblocks * 8 + 40
+                    fh.seek(at)
+                    b = fh.read(1)
+                    fh.seek(at)
+                    fh.write(bytes([b[0] ^ 0xFF]))
+                    damaged += 1
+        self.assertGreater(damaged, 0)
+        restart(wipe_cache=False)
+        self.assertIn("invalid page", error_of("SELECT count(*), sum(hashtext(note)) FROM dc"))
+        entries = int(q("SELECT entries FROM yezzey_cache_clear()"))
+        self.assertGreaterEqual(entries, damaged)
+        self.assertEqual(checksum("dc"), expect, "after yezzey_cache_clear()")
+        self.assertEqual(q("SELECT count(*) FROM verify_heapam('dc')"), "0")
+
     def test_truncate_drop_and_gc(self):
         make_table("gc1", rows=50_000)
         make_table("gc2", rows=50_000)

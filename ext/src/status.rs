@@ -217,6 +217,30 @@ fn yezzey_gc(
     TableIterator::once((deleted, bytes, kept))
 }
 
+/// Empties the local frame cache (every process's reads fetch from the
+/// objects again). The remedy for PostgreSQL's "invalid page" error on an
+/// offloaded relation: with data checksums on, cache hits rely on
+/// PostgreSQL's page checksums rather than hashing every block again.
+#[pg_extern(volatile, parallel_unsafe)]
+fn yezzey_cache_clear() -> TableIterator<'static, (name!(entries, i64), name!(bytes, i64))> {
+    // SAFETY: reads the session's role.
+    if !unsafe { pg_sys::superuser() } {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "permission denied to run yezzey_cache_clear"
+        );
+    }
+    let storage = settings::storage();
+    let Some(cache) = storage.reader.cache() else {
+        return TableIterator::once((0, 0));
+    };
+    let (n, bytes) = cache
+        .clear()
+        .unwrap_or_else(|e| crate::errors::report(e, "yezzey_cache_clear cannot empty the cache"));
+    TableIterator::once((n as i64, bytes as i64))
+}
+
 /// This backend's remote reads and the shared cache's counters.
 #[pg_extern(volatile, parallel_restricted)]
 fn yezzey_remote_stats() -> TableIterator<'static, (name!(stat, String), name!(value, i64))> {

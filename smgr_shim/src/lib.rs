@@ -57,6 +57,13 @@ pub fn reset_call_counts() {
     unsafe { ffi::yz_smgr_reset_call_counts() }
 }
 
+/// True when PostgreSQL verifies every non-new page it reads through the
+/// storage manager (data checksums on, and neither `ignore_checksum_failure`
+/// nor `zero_damaged_pages` set).
+pub fn host_verifies_pages() -> bool {
+    unsafe { ffi::yz_host_verifies_pages() }
+}
+
 /// One offloaded segment as the shared map holds it.
 pub use ffi::YzSegInfo as SegInfo;
 

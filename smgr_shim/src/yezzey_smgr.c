@@ -11,7 +11,9 @@
  */
 #include "postgres.h"
 
+#include "access/xlog.h"
 #include "miscadmin.h"
+#include "storage/bufmgr.h"
 #include "storage/bufpage.h"
 #include "storage/md.h"
 #include "storage/smgr.h"
@@ -50,6 +52,15 @@ uint32_t
 yz_blocks_per_segment(void)
 {
 	return RELSEG_SIZE;
+}
+
+/* bufpage.c's GUC; PostgreSQL 17 declares it in no header. */
+extern bool ignore_checksum_failure;
+
+bool
+yz_host_verifies_pages(void)
+{
+	return DataChecksumsEnabled() && !ignore_checksum_failure && !zero_damaged_pages;
 }
 
 static bool

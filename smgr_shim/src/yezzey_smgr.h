@@ -104,6 +104,14 @@ extern int	yz_map_truncate(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork
 extern uint32_t yz_blocks_per_segment(void);
 
 /*
+ * True when PostgreSQL verifies the checksum of every page it reads through
+ * the storage manager (data checksums on; neither ignore_checksum_failure nor
+ * zero_damaged_pages lets a bad page through).  New (all-zero) pages are the
+ * exception: they pass without a checksum.
+ */
+extern bool yz_host_verifies_pages(void);
+
+/*
  * Implemented by the Rust extension; the C dispatch calls them only for
  * relations with remote segments.  They report failures with ereport.
  */

@@ -62,6 +62,10 @@ enum Counter {
     Inserts,
     Evictions,
     Corrupt,
+    /// Bumped whenever entries are removed in bulk, so every process drops
+    /// the entries it holds open (an unlinked file stays readable, and its
+    /// space taken, while open).
+    Generation,
 }
 
 /// Counters shared by every process using the cache directory.
@@ -82,6 +86,27 @@ struct OpenEntry {
     raw_len: usize,
     checksums: Vec<u64>,
     touched: SystemTime,
+}
+
+/// Which blocks of a cache hit are checked against the checksums stored
+/// with them.
+#[derive(Debug, Clone, Copy)]
+pub enum HitCheck {
+    /// Every block.
+    Every,
+    /// Every block except those this returns true for: blocks the caller
+    /// verifies itself (PostgreSQL with data checksums verifies every page it
+    /// reads, except all-zero ones), so they need not be hashed twice.
+    SkipIf(fn(&[u8]) -> bool),
+}
+
+impl HitCheck {
+    fn wants(self, block: &[u8]) -> bool {
+        match self {
+            HitCheck::Every => true,
+            HitCheck::SkipIf(caller_verifies) => !caller_verifies(block),
+        }
+    }
 }
 
 /// The outcome of [`FrameCache::claim`].
@@ -107,7 +132,13 @@ pub struct FrameCache {
     dir: PathBuf,
     limit: u64,
     state: MmapMut,
-    open: Mutex<LruCache<u128, Arc<Mutex<OpenEntry>>>>,
+    open: Mutex<OpenEntries>,
+}
+
+/// Entries this process holds open, valid for one cache generation.
+struct OpenEntries {
+    lru: LruCache<u128, Arc<Mutex<OpenEntry>>>,
+    generation: u64,
 }
 
 fn entry_key(name: &str, frame: u32) -> u128 {
@@ -178,7 +209,10 @@ impl FrameCache {
             dir: dir.to_path_buf(),
             limit,
             state,
-            open: Mutex::new(LruCache::new(NonZeroUsize::new(128).unwrap())),
+            open: Mutex::new(OpenEntries {
+                lru: LruCache::new(NonZeroUsize::new(128).unwrap()),
+                generation: 0,
+            }),
         };
         if fresh
             || cache.counter(Counter::Used).load(Ordering::Relaxed) > 0
@@ -236,8 +270,20 @@ impl FrameCache {
         self.dir.join(&h[..2]).join(&h)
     }
 
+    /// This process's open entries, emptied first if entries were removed
+    /// in bulk since it last looked.
+    fn open_entries(&self) -> std::sync::MutexGuard<'_, OpenEntries> {
+        let mut open = self.open.lock().unwrap();
+        let g = self.counter(Counter::Generation).load(Ordering::Acquire);
+        if open.generation != g {
+            open.lru.clear();
+            open.generation = g;
+        }
+        open
+    }
+
     fn open_entry(&self, key: u128) -> Option<Arc<Mutex<OpenEntry>>> {
-        if let Some(e) = self.open.lock().unwrap().get(&key) {
+        if let Some(e) = self.open_entries().lru.get(&key) {
             return Some(e.clone());
         }
         let path = self.entry_path(key);
@@ -256,6 +302,12 @@ impl FrameCache {
             self.discard(&path);
             return None;
         }
+        // An entry touched lately need not be touched again on its first hit
+        // here (an fstat is cheaper than an mtime update).
+        let touched = file
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         let e = Arc::new(Mutex::new(OpenEntry {
             file,
             path,
@@ -264,9 +316,9 @@ impl FrameCache {
                 .chunks_exact(8)
                 .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
                 .collect(),
-            touched: SystemTime::UNIX_EPOCH,
+            touched,
         }));
-        self.open.lock().unwrap().put(key, e.clone());
+        self.open_entries().lru.put(key, e.clone());
         Some(e)
     }
 
@@ -294,7 +346,7 @@ impl FrameCache {
     /// block-aligned.
     pub fn read(&self, name: &str, frame: u32, offset: usize, out: &mut [u8]) -> bool {
         let mut bufs: Vec<&mut [u8]> = out.chunks_mut(BLOCK_SIZE).collect();
-        self.read_blocks(name, frame, offset, &mut bufs)
+        self.read_blocks(name, frame, offset, &mut bufs, HitCheck::Every)
     }
 
     /// Like [`read`](Self::read), into separate buffers of one block each
@@ -306,14 +358,21 @@ impl FrameCache {
         frame: u32,
         offset: usize,
         bufs: &mut [&mut [u8]],
+        check: HitCheck,
     ) -> bool {
-        let hit = self.read_inner(entry_key(name, frame), offset, bufs);
+        let hit = self.read_inner(entry_key(name, frame), offset, bufs, check);
         self.counter(if hit { Counter::Hits } else { Counter::Misses })
             .fetch_add(1, Ordering::Relaxed);
         hit
     }
 
-    fn read_inner(&self, key: u128, offset: usize, bufs: &mut [&mut [u8]]) -> bool {
+    fn read_inner(
+        &self,
+        key: u128,
+        offset: usize,
+        bufs: &mut [&mut [u8]],
+        check: HitCheck,
+    ) -> bool {
         debug_assert_eq!(offset % BLOCK_SIZE, 0);
         let Some((last, whole)) = bufs.split_last_mut() else {
             return true;
@@ -343,12 +402,12 @@ impl FrameCache {
                 && iov
                     .iter()
                     .enumerate()
-                    .all(|(i, b)| xxh3_64(b) == e.checksums[first + i])
+                    .all(|(i, b)| !check.wants(b) || xxh3_64(b) == e.checksums[first + i])
         };
         if !ok {
             let path = e.path.clone();
             drop(e);
-            self.open.lock().unwrap().pop(&key);
+            self.open_entries().lru.pop(&key);
             self.discard(&path);
             return false;
         }
@@ -422,10 +481,13 @@ impl FrameCache {
         Self::claim_is_live(&self.claim_path(name, frame), stale_after)
     }
 
-    /// A whole cached frame, verified.
-    pub fn read_frame(&self, name: &str, frame: u32) -> Option<Vec<u8>> {
-        let key = entry_key(name, frame);
-        let len = self.open_entry(key)?.lock().unwrap().raw_len;
+    /// A whole entry, every block verified.
+    pub fn read_whole(&self, name: &str, frame: u32) -> Option<Vec<u8>> {
+        let len = self
+            .open_entry(entry_key(name, frame))?
+            .lock()
+            .unwrap()
+            .raw_len;
         let mut out = vec![0u8; len];
         self.read(name, frame, 0, &mut out).then_some(out)
     }
@@ -433,7 +495,7 @@ impl FrameCache {
     /// True if the frame is cached (no checksum verification).
     pub fn contains(&self, name: &str, frame: u32) -> bool {
         let key = entry_key(name, frame);
-        self.open.lock().unwrap().contains(&key) || self.entry_path(key).exists()
+        self.open_entries().lru.contains(&key) || self.entry_path(key).exists()
     }
 
     /// Caches a decoded frame. Never fails the caller's read: errors (disk
@@ -581,8 +643,27 @@ impl FrameCache {
         }
         self.counter(Counter::Evictions)
             .fetch_add(evicted, Ordering::Relaxed);
-        self.open.lock().unwrap().clear();
+        self.counter(Counter::Generation)
+            .fetch_add(1, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Removes every entry and returns how many and their bytes. Readers in
+    /// any process fetch again from the objects; a reader in the middle of a
+    /// read finishes it from the file it has open.
+    pub fn clear(&self) -> Result<(u64, u64)> {
+        let _lock = FileLock::acquire(&self.dir.join("evict.lock"), true)?;
+        let (mut n, mut bytes) = (0, 0);
+        for (path, size, _) in self.scan()? {
+            if fs::remove_file(&path).is_ok() {
+                self.release(size);
+                n += 1;
+                bytes += size;
+            }
+        }
+        self.counter(Counter::Generation)
+            .fetch_add(1, Ordering::AcqRel);
+        Ok((n, bytes))
     }
 
     /// Bytes the entries on disk take (a directory scan; for tests and tools).
@@ -705,6 +786,59 @@ mod tests {
             .set_len(1000)
             .unwrap();
         assert!(!c.read("o", 8, 0, &mut out));
+    }
+
+    #[test]
+    fn skipped_checks_cover_only_what_the_caller_verifies() {
+        let d = tempfile::tempdir().unwrap();
+        let c = FrameCache::open(d.path(), 10 << 20).unwrap();
+        // Block 0 is "verified by the caller" (first byte nonzero), block 1
+        // (all zero) is not.
+        let mut f = vec![0u8; 2 * 8192];
+        f[..8192].fill(7);
+        c.insert("o", 1, &f).unwrap();
+        let path = c.entry_path(entry_key("o", 1));
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        let data = (HEADER_LEN + 2 * 8) as u64;
+        file.write_all_at(&[9], data + 100).unwrap();
+        let skip = HitCheck::SkipIf(|b| b[0] != 0);
+        let mut out = vec![0u8; 8192];
+        let mut bufs = [&mut out[..]];
+        assert!(c.read_blocks("o", 1, 0, &mut bufs, skip));
+        assert_eq!(out[100], 9, "the caller's own check is what catches this");
+        let mut bufs = [&mut out[..]];
+        assert!(
+            !c.read_blocks("o", 1, 0, &mut bufs, HitCheck::Every),
+            "a full check still catches it"
+        );
+        // A damaged all-zero block is always checked here.
+        c.insert("o", 2, &f).unwrap();
+        let path = c.entry_path(entry_key("o", 2));
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[1], data + 8192 + 5).unwrap();
+        let mut two = vec![vec![0u8; 8192]; 2];
+        let mut bufs: Vec<&mut [u8]> = two.iter_mut().map(|b| &mut b[..]).collect();
+        assert!(!c.read_blocks("o", 2, 0, &mut bufs, skip));
+    }
+
+    #[test]
+    fn clear_reaches_entries_other_processes_hold_open() {
+        let d = tempfile::tempdir().unwrap();
+        let a = FrameCache::open(d.path(), 10 << 20).unwrap();
+        let b = FrameCache::open(d.path(), 10 << 20).unwrap();
+        let f = frame(3, 2 * 8192);
+        a.insert("o", 0, &f).unwrap();
+        a.insert("o", 1, &f).unwrap();
+        let mut out = vec![0u8; 8192];
+        assert!(a.read("o", 0, 0, &mut out), "now held open by a");
+        let before = a.stats().used_bytes;
+        assert_eq!(b.clear().unwrap(), (2, before));
+        assert_eq!(b.stats().used_bytes, 0);
+        assert!(
+            !a.read("o", 0, 0, &mut out),
+            "a must not read a cleared entry"
+        );
+        assert!(!a.contains("o", 0));
     }
 
     #[test]

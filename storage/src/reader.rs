@@ -13,7 +13,7 @@
 //! Memory: in-flight fetches are bounded by `inflight_bytes` and decoded
 //! frames kept in memory by `memory_bytes`; with the defaults a process holds
 //! well under 64 MB of buffers however many objects it reads.
-use crate::cache::{Claim, ClaimGuard, FrameCache};
+use crate::cache::{Claim, ClaimGuard, FrameCache, HitCheck};
 use crate::crypto::CipherImpl;
 use crate::error::{Error, Result};
 use crate::format::{ObjectLayout, TailParse, TAIL_PREFETCH};
@@ -68,7 +68,13 @@ pub struct ReaderStats {
 }
 
 type Frame = Arc<Vec<u8>>;
-type FrameResult = std::result::Result<Frame, Arc<Error>>;
+/// What a fetch publishes: the frame, or word that a peer put it in the cache.
+#[derive(Clone)]
+enum Ready {
+    Frame(Frame),
+    InCache,
+}
+type FrameResult = std::result::Result<Ready, Arc<Error>>;
 type FrameKey = (Arc<str>, u32);
 /// A frame to fetch: its number, where to publish it, and our claim on it.
 type Fetch = (u32, watch::Sender<Option<FrameResult>>, Option<ClaimGuard>);
@@ -83,9 +89,18 @@ struct Inner {
     memory: Mutex<MemFrames>,
     inflight: Mutex<HashMap<FrameKey, watch::Receiver<Option<FrameResult>>>>,
     budget: Semaphore,
-    /// Per object: the last frame read and how many reads in a row were sequential.
-    seq: Mutex<HashMap<Arc<str>, (u32, u32)>>,
+    seq: Mutex<HashMap<Arc<str>, SeqState>>,
     stats: ReaderStats,
+}
+
+/// Per object: how it is being read.
+struct SeqState {
+    /// The last frame read.
+    last: u32,
+    /// How many reads in a row were sequential.
+    streak: u32,
+    /// Frames below this were cached or in flight when last looked up.
+    known_to: u32,
 }
 
 /// Decoded frames in memory, bounded in bytes.
@@ -117,6 +132,10 @@ impl MemFrames {
 /// Reads remote objects; cheap to clone, safe to share between threads.
 #[derive(Clone)]
 pub struct RemoteReader(Arc<Inner>);
+
+/// The cache entry holding an object's length, index and trailer (frame
+/// numbers never reach it).
+const TAIL_ENTRY: u32 = u32::MAX;
 
 /// Largest forward jump (in frames) still treated as sequential access.
 const SEQ_GAP: u32 = 3;
@@ -192,28 +211,55 @@ impl RemoteReader {
         &self.0.stats
     }
 
-    /// Reads and verifies an object's trailer and index (cached per process).
+    /// Reads and verifies an object's trailer and index: cached per process,
+    /// and in the disk cache, so a new process (every parallel worker) need
+    /// not GET it. A cached copy is verified like a fetched one.
     pub async fn layout(&self, name: &str) -> Result<Arc<ObjectLayout>> {
         if let Some(l) = self.0.layouts.lock().unwrap().get(name) {
             return Ok(l.clone());
         }
         let inner = &self.0;
-        let (tail, len) = inner.store.get_suffix(name, TAIL_PREFETCH).await?;
-        inner.stats.gets.fetch_add(1, Ordering::Relaxed);
-        let layout = match ObjectLayout::parse_tail(name, len, &tail, &inner.keys, inner.cipher)? {
-            TailParse::Complete(l) => l,
-            TailParse::NeedFrom { start } => {
-                let all = inner.store.get_range(name, start..len).await?;
+        let parse = |len: u64, tail: &[u8]| {
+            ObjectLayout::parse_tail(name, len, tail, &inner.keys, inner.cipher)
+        };
+        let cached = inner.cache.as_ref().and_then(|c| {
+            let b = c.read_whole(name, TAIL_ENTRY)?;
+            let len = u64::from_le_bytes(b.get(..8)?.try_into().unwrap());
+            match parse(len, &b[8..]) {
+                Ok(TailParse::Complete(l)) => Some(l),
+                // Whatever is wrong, the store's copy gives the real answer.
+                _ => None,
+            }
+        });
+        let layout = match cached {
+            Some(l) => l,
+            None => {
+                let (mut tail, len) = inner.store.get_suffix(name, TAIL_PREFETCH).await?;
                 inner.stats.gets.fetch_add(1, Ordering::Relaxed);
-                match ObjectLayout::parse_tail(name, len, &all, &inner.keys, inner.cipher)? {
+                let layout = match parse(len, &tail)? {
                     TailParse::Complete(l) => l,
-                    TailParse::NeedFrom { .. } => {
-                        return Err(Error::corrupt(
-                            name,
-                            "index does not fit where the trailer says",
-                        ))
+                    TailParse::NeedFrom { start } => {
+                        tail = inner.store.get_range(name, start..len).await?;
+                        inner.stats.gets.fetch_add(1, Ordering::Relaxed);
+                        match parse(len, &tail)? {
+                            TailParse::Complete(l) => l,
+                            TailParse::NeedFrom { .. } => {
+                                return Err(Error::corrupt(
+                                    name,
+                                    "index does not fit where the trailer says",
+                                ))
+                            }
+                        }
                     }
+                };
+                if let Some(c) = &inner.cache {
+                    // Only the index and trailer, not the prefetched frames before them.
+                    let need = (len - layout.trailer.footer_offset) as usize;
+                    let mut entry = len.to_le_bytes().to_vec();
+                    entry.extend_from_slice(&tail[tail.len() - need..]);
+                    let _ = c.insert(name, TAIL_ENTRY, &entry);
                 }
+                layout
             }
         };
         let l = Arc::new(layout);
@@ -264,11 +310,14 @@ impl RemoteReader {
     /// (one block each, as PostgreSQL's buffers come), for callers outside
     /// the runtime. Cache and memory hits are served on the calling thread
     /// with one `preadv` per frame and no copy; only misses enter the runtime.
+    /// `check` says which blocks of a cache hit to check against their
+    /// stored checksums.
     pub fn read_blocks_blocking(
         &self,
         name: &str,
         offset: u64,
         bufs: &mut [&mut [u8]],
+        check: HitCheck,
     ) -> Result<()> {
         let bs = crate::format::BLOCK_SIZE;
         let cached = self.0.layouts.lock().unwrap().get(name).cloned();
@@ -296,7 +345,7 @@ impl RemoteReader {
             let n = (bufs.len() - i).min((fs as usize - in_frame) / bs);
             let part = &mut bufs[i..i + n];
             self.note_access(&name, &layout, frame);
-            if !self.read_blocks_now(&name, frame, in_frame, part) {
+            if !self.read_blocks_now(&name, frame, in_frame, part, check) {
                 let mut tmp = vec![0u8; n * bs];
                 crate::runtime::block_on(
                     self.read_frame_part(&name, &layout, frame, in_frame, &mut tmp),
@@ -316,10 +365,11 @@ impl RemoteReader {
         frame: u32,
         off: usize,
         bufs: &mut [&mut [u8]],
+        check: HitCheck,
     ) -> bool {
         let inner = &self.0;
         if let Some(c) = &inner.cache {
-            if c.read_blocks(name, frame, off, bufs) {
+            if c.read_blocks(name, frame, off, bufs, check) {
                 inner.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
                 return true;
             }
@@ -400,14 +450,19 @@ impl RemoteReader {
                     None => continue,
                 },
             };
-            let f = Self::wait(rx).await?;
-            out.copy_from_slice(&f[off..off + out.len()]);
-            return Ok(());
+            match Self::wait(rx).await? {
+                Ready::Frame(f) => {
+                    out.copy_from_slice(&f[off..off + out.len()]);
+                    return Ok(());
+                }
+                // A peer fetched it: read our part from the cache.
+                Ready::InCache => continue,
+            }
         }
         unreachable!()
     }
 
-    async fn wait(mut rx: watch::Receiver<Option<FrameResult>>) -> Result<Frame> {
+    async fn wait(mut rx: watch::Receiver<Option<FrameResult>>) -> Result<Ready> {
         loop {
             if let Some(r) = rx.borrow_and_update().clone() {
                 return r.map_err(|e| dup_err(&e));
@@ -425,31 +480,45 @@ impl RemoteReader {
         if cfg.window_bytes == 0 {
             return;
         }
-        let streak = {
+        let (streak, known) = {
             let mut seq = self.0.seq.lock().unwrap();
             if seq.len() > 1024 {
                 seq.clear();
             }
-            let e = seq.entry(name.clone()).or_insert((u32::MAX, 0));
+            let e = seq.entry(name.clone()).or_insert(SeqState {
+                last: u32::MAX,
+                streak: 0,
+                known_to: 0,
+            });
             // Forward steps of up to SEQ_GAP frames count as sequential: the
             // workers of a parallel seq scan each see interleaved chunks.
-            let streak = if e.0 == frame {
+            e.streak = if e.last == frame {
                 return; // same frame as last time: nothing new to learn
-            } else if e.0 != u32::MAX && frame > e.0 && frame - e.0 <= SEQ_GAP {
-                e.1 + 1
+            } else if e.last != u32::MAX && frame > e.last && frame - e.last <= SEQ_GAP {
+                e.streak + 1
             } else {
+                if e.last == u32::MAX || frame < e.last {
+                    // A new pass over the object: what was cached may be gone.
+                    e.known_to = 0;
+                }
                 0
             };
-            *e = (frame, streak);
-            streak
+            e.last = frame;
+            (e.streak, e.known_to)
         };
         if streak >= 1 {
             let ahead = (cfg.window_bytes / layout.trailer.frame_size as u64).max(1) as u32;
             let end = (frame + 1 + ahead).min(layout.frames.len() as u32);
+            // Frames found cached or in flight by an earlier look are not
+            // looked up again (on a warm scan each lookup is a stat()).
+            let from = (frame + 1).max(known);
+            let first_missing = (from..end).find(|&f| !self.have_or_inflight(name, f));
+            if let Some(e) = self.0.seq.lock().unwrap().get_mut(name) {
+                e.known_to = first_missing.unwrap_or(end);
+            }
             // Refill only once half the window is consumed, so each refill is
             // one GET of several frames rather than one GET per frame: the
             // store's per-request cost dominates small GETs.
-            let first_missing = (frame + 1..end).find(|&f| !self.have_or_inflight(name, f));
             if let Some(first) = first_missing {
                 if first <= frame + 1 + ahead / 2 {
                     self.spawn_fetch(name, layout, first, end, false);
@@ -538,9 +607,10 @@ impl RemoteReader {
         started
     }
 
-    /// Waits for a frame another process claimed to appear in the cache;
-    /// fetches it itself if the claim goes away without an entry or outlives
-    /// `peer_wait`.
+    /// Waits for a frame another process claimed to appear in the cache, and
+    /// tells waiters to read their part there (most need half a frame or
+    /// none, so reading it whole here would be wasted); fetches it itself if
+    /// the claim goes away without an entry or outlives `peer_wait`.
     async fn wait_for_peer(
         &self,
         name: Arc<str>,
@@ -553,14 +623,9 @@ impl RemoteReader {
         let deadline = tokio::time::Instant::now() + inner.cfg.peer_wait;
         let mut delay = std::time::Duration::from_micros(500);
         loop {
-            if let Some(f) = cache.read_frame(&name, frame) {
+            if cache.contains(&name, frame) {
                 inner.stats.peer_frames.fetch_add(1, Ordering::Relaxed);
-                inner
-                    .memory
-                    .lock()
-                    .unwrap()
-                    .put((name.clone(), frame), Arc::new(f.clone()));
-                let _ = tx.send(Some(Ok(Arc::new(f))));
+                let _ = tx.send(Some(Ok(Ready::InCache)));
                 inner
                     .inflight
                     .lock()
@@ -596,7 +661,9 @@ impl RemoteReader {
         let _permit = inner.budget.acquire_many(permits).await;
         let fetched = inner.store.get_range(&name, start..end).await;
         inner.stats.gets.fetch_add(1, Ordering::Relaxed);
-        let finish = |frame: u32, tx: &watch::Sender<Option<FrameResult>>, r: FrameResult| {
+        let finish = |frame: u32,
+                      tx: &watch::Sender<Option<FrameResult>>,
+                      r: std::result::Result<Frame, Arc<Error>>| {
             if let Ok(f) = &r {
                 inner
                     .memory
@@ -604,7 +671,7 @@ impl RemoteReader {
                     .unwrap()
                     .put((name.clone(), frame), f.clone());
             }
-            let _ = tx.send(Some(r));
+            let _ = tx.send(Some(r.map(Ready::Frame)));
             inner
                 .inflight
                 .lock()

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use common::*;
 use proptest::prelude::*;
 use std::sync::Arc;
-use yezzey_storage::cache::FrameCache;
+use yezzey_storage::cache::{FrameCache, HitCheck};
 use yezzey_storage::crypto::CipherImpl;
 use yezzey_storage::format::new_object_id;
 use yezzey_storage::format::{FormatOptions, BLOCK_SIZE};
@@ -157,6 +157,18 @@ fn foreign_objects_wrong_keys_and_truncation_are_errors() {
         block_on(reader(&s, &KeyRing::none(), None).layout("a")),
         Err(Error::KeyRequired { .. })
     ));
+    // An index in the cache is checked like a fetched one.
+    let dir = tempfile::tempdir().unwrap();
+    let cached = |k: &KeyRing| reader(&s, k, Some(FrameCache::open(dir.path(), 8 << 20).unwrap()));
+    block_on(cached(&keys).layout("a")).unwrap();
+    assert!(matches!(
+        block_on(cached(&keyring()).layout("a")),
+        Err(Error::UnknownKey { .. })
+    ));
+    assert!(matches!(
+        block_on(cached(&KeyRing::none()).layout("a")),
+        Err(Error::KeyRequired { .. })
+    ));
     // Truncated, and a missing object.
     block_on(s.put("a", obj.slice(..obj.len() - 1000))).unwrap();
     assert!(matches!(
@@ -250,13 +262,22 @@ fn cache_serves_second_reader_without_gets() {
     );
     block_on(r2.layout("c")).unwrap();
     let gets = r2.stats().gets.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        gets, 0,
+        "a new reader took the object's index from the cache"
+    );
     assert_eq!(read_all(&r2, "c", len).unwrap(), data);
     // The same through the scattered, copy-free path PostgreSQL uses.
     let mut blocks = vec![vec![0u8; BLOCK_SIZE]; len / BLOCK_SIZE];
     for (i, chunk) in blocks.chunks_mut(16).enumerate() {
         let mut bufs: Vec<&mut [u8]> = chunk.iter_mut().map(|b| &mut b[..]).collect();
-        r2.read_blocks_blocking("c", (i * 16 * BLOCK_SIZE) as u64, &mut bufs)
-            .unwrap();
+        r2.read_blocks_blocking(
+            "c",
+            (i * 16 * BLOCK_SIZE) as u64,
+            &mut bufs,
+            HitCheck::Every,
+        )
+        .unwrap();
     }
     assert_eq!(blocks.concat(), data);
     assert_eq!(
@@ -265,6 +286,72 @@ fn cache_serves_second_reader_without_gets() {
         "warm cache made GETs"
     );
     assert!(r2.cache().unwrap().stats().hits > 0);
+}
+
+/// Two readers of one cache directory, like a parallel scan's workers, each
+/// reading alternate half-frames in block-shaped reads: a frame one claimed
+/// reaches the other through the cache, and both read the right bytes.
+#[test]
+fn peers_share_frames_through_the_cache() {
+    let s = store("peers");
+    let keys = keyring();
+    let len = 96 * FRAME as usize;
+    let data = page_data(len, 5);
+    put(&s, "w", &data, &keys);
+    let dir = tempfile::tempdir().unwrap();
+    let readers: Vec<RemoteReader> = (0..2)
+        .map(|_| {
+            reader(
+                &s,
+                &keys,
+                Some(FrameCache::open(dir.path(), 64 << 20).unwrap()),
+            )
+        })
+        .collect();
+    let half = FRAME as usize / 2;
+    let got: Vec<Vec<(usize, Vec<u8>)>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = readers
+            .iter()
+            .enumerate()
+            .map(|(w, r)| {
+                let blocks = half / BLOCK_SIZE;
+                sc.spawn(move || {
+                    let mut mine = Vec::new();
+                    for chunk in (w..len / half).step_by(2) {
+                        let mut bufs_data = vec![vec![0u8; BLOCK_SIZE]; blocks];
+                        let mut bufs: Vec<&mut [u8]> =
+                            bufs_data.iter_mut().map(|b| &mut b[..]).collect();
+                        r.read_blocks_blocking(
+                            "w",
+                            (chunk * half) as u64,
+                            &mut bufs,
+                            HitCheck::Every,
+                        )
+                        .unwrap();
+                        mine.push((chunk, bufs_data.concat()));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (chunk, bytes) in got.into_iter().flatten() {
+        assert!(
+            bytes == data[chunk * half..(chunk + 1) * half],
+            "chunk {chunk} differs"
+        );
+    }
+    let sum = |f: fn(&yezzey_storage::reader::ReaderStats) -> u64| -> u64 {
+        readers.iter().map(|r| f(r.stats())).sum()
+    };
+    let fetched = sum(|s| s.frames_fetched.load(std::sync::atomic::Ordering::Relaxed));
+    let peer = sum(|s| s.peer_frames.load(std::sync::atomic::Ordering::Relaxed));
+    assert!(peer > 0, "no frame reached a reader through its peer");
+    assert!(
+        fetched < 2 * 96,
+        "frames fetched by both readers: {fetched} of 96"
+    );
 }
 
 proptest! {
@@ -291,7 +378,7 @@ proptest! {
                     // One buffer per block, as PostgreSQL passes them.
                     let mut blocks = vec![vec![0u8; BLOCK_SIZE]; n / BLOCK_SIZE];
                     let mut bufs: Vec<&mut [u8]> = blocks.iter_mut().map(|b| &mut b[..]).collect();
-                    r.read_blocks_blocking("p", off as u64, &mut bufs).unwrap();
+                    r.read_blocks_blocking("p", off as u64, &mut bufs, HitCheck::Every).unwrap();
                     blocks.concat()
                 } else {
                     let mut out = vec![0u8; n];
