@@ -13,7 +13,7 @@
 //! bench/README.md for the command that produced the published figures.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use yezzey_storage::cache::FrameCache;
+use yezzey_storage::cache::{FrameCache, HitCheck};
 use yezzey_storage::crypto::{frame_nonce, Cipher, CipherImpl};
 use yezzey_storage::format::new_object_id;
 use yezzey_storage::format::{FormatOptions, ObjectCodec, BLOCK_SIZE, DEFAULT_FRAME_SIZE};
@@ -351,7 +351,9 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let cache = FrameCache::open(dir.path(), 1 << 30).unwrap();
     for (i, f) in frames.iter().enumerate().take(32) {
-        cache.insert("bench/object", i as u32, f).unwrap();
+        cache
+            .insert("bench/object", i as u32, f, HitCheck::Every)
+            .unwrap();
     }
     let n_frames = frames.len().min(32);
     let mut block = vec![0u8; BLOCK_SIZE];

@@ -18,9 +18,10 @@ fn host_checks_page(page: &[u8]) -> bool {
     page[AT] != 0 || page[AT + 1] != 0
 }
 
-/// Cache hits skip yezzey's own per-block hash where PostgreSQL's page
-/// checksum covers the block (a corrupt cached page is then PostgreSQL's
-/// "invalid page" ERROR, as for a local one; `yezzey_cache_clear()` mends it).
+/// Cache entries carry, and hits check, yezzey's own per-block hash only
+/// where PostgreSQL's page checksum does not cover the block (a corrupt
+/// cached page is then PostgreSQL's "invalid page" ERROR, as for a local one;
+/// `yezzey_cache_clear()` mends it).
 fn hit_check() -> HitCheck {
     if yezzey_smgr_shim::host_verifies_pages() {
         HitCheck::SkipIf(host_checks_page)
@@ -110,5 +111,6 @@ pub unsafe extern "C-unwind" fn yezzey_remote_prefetch(seg: *const SegInfo, firs
         &object_name(seg),
         first as u64 * BLCKSZ as u64,
         n as u64 * BLCKSZ as u64,
+        hit_check(),
     );
 }

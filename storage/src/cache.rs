@@ -48,6 +48,11 @@ use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 const ENTRY_MAGIC: [u8; 8] = *b"YZCACHE1";
 const STATE_MAGIC: u64 = 0x595a_4341_4348_4531; // "YZCACHE1"
 const HEADER_LEN: usize = 64;
+/// Header byte 32: flags.
+const FLAGS_AT: usize = 32;
+/// The entry holds checksums only for the blocks its writer's
+/// [`HitCheck::SkipIf`] did not skip (others read as 0).
+const SUMS_PARTIAL: u8 = 1;
 const STATE_LEN: usize = 4096;
 /// A hit refreshes an entry's mtime (its LRU position) at most this often.
 const TOUCH_INTERVAL: Duration = Duration::from_secs(5);
@@ -85,11 +90,13 @@ struct OpenEntry {
     path: PathBuf,
     raw_len: usize,
     checksums: Vec<u64>,
+    /// Checksums only for the blocks a `SkipIf` check wants.
+    partial: bool,
     touched: SystemTime,
 }
 
-/// Which blocks of a cache hit are checked against the checksums stored
-/// with them.
+/// Which blocks of a cache entry carry a checksum and are checked against it
+/// on a hit.
 #[derive(Debug, Clone, Copy)]
 pub enum HitCheck {
     /// Every block.
@@ -97,6 +104,9 @@ pub enum HitCheck {
     /// Every block except those this returns true for: blocks the caller
     /// verifies itself (PostgreSQL with data checksums verifies every page it
     /// reads, except all-zero ones), so they need not be hashed twice.
+    /// Entries written this way serve only readers that skip the same
+    /// blocks (one predicate per cache directory); to an `Every` reader they
+    /// are misses.
     SkipIf(fn(&[u8]) -> bool),
 }
 
@@ -294,6 +304,7 @@ impl FrameCache {
             && header[16..32] == key.to_le_bytes();
         let raw_len = u32::from_le_bytes(header[8..12].try_into().unwrap()) as usize;
         let nblocks = u32::from_le_bytes(header[12..16].try_into().unwrap()) as usize;
+        let partial = header[FLAGS_AT] & SUMS_PARTIAL != 0;
         let mut sums = vec![0u8; nblocks * 8];
         if !valid
             || nblocks != block_count(raw_len)
@@ -316,6 +327,7 @@ impl FrameCache {
                 .chunks_exact(8)
                 .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
                 .collect(),
+            partial,
             touched,
         }));
         self.open_entries().lru.put(key, e.clone());
@@ -345,8 +357,20 @@ impl FrameCache {
     /// entry failed its checksums and was dropped). `offset` must be
     /// block-aligned.
     pub fn read(&self, name: &str, frame: u32, offset: usize, out: &mut [u8]) -> bool {
+        self.read_with(name, frame, offset, out, HitCheck::Every)
+    }
+
+    /// [`read`](Self::read) with the given block checks.
+    pub fn read_with(
+        &self,
+        name: &str,
+        frame: u32,
+        offset: usize,
+        out: &mut [u8],
+        check: HitCheck,
+    ) -> bool {
         let mut bufs: Vec<&mut [u8]> = out.chunks_mut(BLOCK_SIZE).collect();
-        self.read_blocks(name, frame, offset, &mut bufs, HitCheck::Every)
+        self.read_blocks(name, frame, offset, &mut bufs, check)
     }
 
     /// Like [`read`](Self::read), into separate buffers of one block each
@@ -383,7 +407,7 @@ impl FrameCache {
             return false;
         };
         let mut e = entry.lock().unwrap();
-        if offset + len > e.raw_len {
+        if offset + len > e.raw_len || e.partial && matches!(check, HitCheck::Every) {
             return false;
         }
         let data_off = (HEADER_LEN + e.checksums.len() * 8) as u64 + offset as u64;
@@ -501,7 +525,8 @@ impl FrameCache {
     /// Caches a decoded frame. Never fails the caller's read: errors (disk
     /// full, permissions) are returned for logging, and the cache stays
     /// consistent.
-    pub fn insert(&self, name: &str, frame: u32, raw: &[u8]) -> Result<()> {
+    /// `check` says which blocks get a checksum (those a reader will check).
+    pub fn insert(&self, name: &str, frame: u32, raw: &[u8], check: HitCheck) -> Result<()> {
         let key = entry_key(name, frame);
         let nblocks = block_count(raw.len());
         // The last block is zero-padded on disk so every block checksums whole.
@@ -511,30 +536,40 @@ impl FrameCache {
         }
         self.reserve(size)?;
         let path = self.entry_path(key);
-        let res = self.write_entry(key, raw, &path);
+        let res = self.write_entry(key, raw, &path, check);
         if res.is_err() {
             self.release(size);
         }
         res
     }
 
-    fn write_entry(&self, key: u128, raw: &[u8], path: &Path) -> Result<()> {
+    fn write_entry(&self, key: u128, raw: &[u8], path: &Path, check: HitCheck) -> Result<()> {
         let nblocks = block_count(raw.len());
-        let mut body = Vec::with_capacity(HEADER_LEN + nblocks * 8 + nblocks * BLOCK_SIZE);
-        body.extend_from_slice(&ENTRY_MAGIC);
-        body.extend_from_slice(&(raw.len() as u32).to_le_bytes());
-        body.extend_from_slice(&(nblocks as u32).to_le_bytes());
-        body.extend_from_slice(&key.to_le_bytes());
-        body.resize(HEADER_LEN, 0);
-        let data_start = HEADER_LEN + nblocks * 8;
-        body.resize(data_start, 0);
-        body.extend_from_slice(raw);
-        body.resize(data_start + nblocks * BLOCK_SIZE, 0);
-        for i in 0..nblocks {
-            let b = &body[data_start + i * BLOCK_SIZE..data_start + (i + 1) * BLOCK_SIZE];
-            let sum = xxh3_64(b).to_le_bytes();
-            body[HEADER_LEN + i * 8..HEADER_LEN + i * 8 + 8].copy_from_slice(&sum);
+        // Header and checksums; the frame itself is written from the
+        // caller's buffer, not copied behind them.
+        let mut head = Vec::with_capacity(HEADER_LEN + nblocks * 8);
+        head.extend_from_slice(&ENTRY_MAGIC);
+        head.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+        head.extend_from_slice(&(nblocks as u32).to_le_bytes());
+        head.extend_from_slice(&key.to_le_bytes());
+        head.resize(HEADER_LEN, 0);
+        if matches!(check, HitCheck::SkipIf(_)) {
+            head[FLAGS_AT] |= SUMS_PARTIAL;
         }
+        let pad = vec![0u8; nblocks * BLOCK_SIZE - raw.len()];
+        let mut last = [0u8; BLOCK_SIZE];
+        for (i, b) in raw.chunks(BLOCK_SIZE).enumerate() {
+            let b = if b.len() == BLOCK_SIZE {
+                b
+            } else {
+                debug_assert_eq!(i + 1, nblocks);
+                last[..b.len()].copy_from_slice(b);
+                &last[..]
+            };
+            let sum = if check.wants(b) { xxh3_64(b) } else { 0 };
+            head.extend_from_slice(&sum.to_le_bytes());
+        }
+        let size = (head.len() + raw.len() + pad.len()) as u64;
         let mut r = [0u8; 8];
         getrandom::fill(&mut r).expect("OS random source");
         let tmp = self.dir.join("tmp").join(hex::encode(r));
@@ -543,7 +578,9 @@ impl FrameCache {
         // replaced and its bytes never counted twice.
         let write = || -> io::Result<bool> {
             let mut f = File::create(&tmp)?;
-            f.write_all(&body)?;
+            f.write_all(&head)?;
+            f.write_all(raw)?;
+            f.write_all(&pad)?;
             fs::create_dir_all(path.parent().unwrap())?;
             let published = match fs::hard_link(&tmp, path) {
                 Ok(()) => true,
@@ -561,7 +598,7 @@ impl FrameCache {
             self.counter(Counter::Inserts)
                 .fetch_add(1, Ordering::Relaxed);
         } else {
-            self.release(body.len() as u64);
+            self.release(size);
         }
         Ok(())
     }
@@ -739,7 +776,7 @@ mod tests {
         let mut out = vec![0u8; 8192];
         assert!(!c.read("obj", 0, 0, &mut out));
         let f = frame(1, 3 * 8192 + 100);
-        c.insert("obj", 0, &f).unwrap();
+        c.insert("obj", 0, &f, HitCheck::Every).unwrap();
         assert!(c.read("obj", 0, 8192, &mut out));
         assert_eq!(out, f[8192..16384]);
         let mut tail = vec![0u8; 100];
@@ -760,7 +797,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let c = FrameCache::open(d.path(), 10 << 20).unwrap();
         let f = frame(2, 4 * 8192);
-        c.insert("o", 7, &f).unwrap();
+        c.insert("o", 7, &f, HitCheck::Every).unwrap();
         let path = c.entry_path(entry_key("o", 7));
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         file.write_all_at(&[0xff], (HEADER_LEN + 4 * 8 + 2 * 8192 + 5) as u64)
@@ -777,7 +814,7 @@ mod tests {
         assert!(!path.exists());
         assert_eq!(c.stats().corrupt_entries, 1);
         // Truncated (torn) entry.
-        c.insert("o", 8, &f).unwrap();
+        c.insert("o", 8, &f, HitCheck::Every).unwrap();
         let path = c.entry_path(entry_key("o", 8));
         OpenOptions::new()
             .write(true)
@@ -796,29 +833,37 @@ mod tests {
         // (all zero) is not.
         let mut f = vec![0u8; 2 * 8192];
         f[..8192].fill(7);
-        c.insert("o", 1, &f).unwrap();
-        let path = c.entry_path(entry_key("o", 1));
-        let file = OpenOptions::new().write(true).open(&path).unwrap();
-        let data = (HEADER_LEN + 2 * 8) as u64;
-        file.write_all_at(&[9], data + 100).unwrap();
         let skip = HitCheck::SkipIf(|b| b[0] != 0);
+        let data = (HEADER_LEN + 2 * 8) as u64;
+        let damage = |frame: u32, at: u64| {
+            let path = c.entry_path(entry_key("o", frame));
+            let file = OpenOptions::new().write(true).open(path).unwrap();
+            file.write_all_at(&[9], data + at).unwrap();
+        };
+        // Written with every checksum: a full check still catches damage to
+        // a block the caller verifies.
+        c.insert("o", 1, &f, HitCheck::Every).unwrap();
+        damage(1, 100);
         let mut out = vec![0u8; 8192];
-        let mut bufs = [&mut out[..]];
-        assert!(c.read_blocks("o", 1, 0, &mut bufs, skip));
+        assert!(c.read_blocks("o", 1, 0, &mut [&mut out[..]], skip));
         assert_eq!(out[100], 9, "the caller's own check is what catches this");
-        let mut bufs = [&mut out[..]];
-        assert!(
-            !c.read_blocks("o", 1, 0, &mut bufs, HitCheck::Every),
-            "a full check still catches it"
-        );
-        // A damaged all-zero block is always checked here.
-        c.insert("o", 2, &f).unwrap();
-        let path = c.entry_path(entry_key("o", 2));
-        let file = OpenOptions::new().write(true).open(&path).unwrap();
-        file.write_all_at(&[1], data + 8192 + 5).unwrap();
+        assert!(!c.read_blocks("o", 1, 0, &mut [&mut out[..]], HitCheck::Every));
+        // Written with the caller's checks: served to such readers only; a
+        // full-check reader misses without removing it.
+        c.insert("o", 2, &f, skip).unwrap();
         let mut two = vec![vec![0u8; 8192]; 2];
         let mut bufs: Vec<&mut [u8]> = two.iter_mut().map(|b| &mut b[..]).collect();
+        assert!(c.read_blocks("o", 2, 0, &mut bufs, skip));
+        assert_eq!(two.concat(), f);
+        let mut bufs: Vec<&mut [u8]> = two.iter_mut().map(|b| &mut b[..]).collect();
+        assert!(!c.read_blocks("o", 2, 0, &mut bufs, HitCheck::Every));
+        assert!(c.contains("o", 2));
+        assert_eq!(c.stats().corrupt_entries, 1);
+        // A damaged all-zero block is always checked.
+        damage(2, 8192 + 5);
+        let mut bufs: Vec<&mut [u8]> = two.iter_mut().map(|b| &mut b[..]).collect();
         assert!(!c.read_blocks("o", 2, 0, &mut bufs, skip));
+        assert_eq!(c.stats().corrupt_entries, 2);
     }
 
     #[test]
@@ -827,8 +872,8 @@ mod tests {
         let a = FrameCache::open(d.path(), 10 << 20).unwrap();
         let b = FrameCache::open(d.path(), 10 << 20).unwrap();
         let f = frame(3, 2 * 8192);
-        a.insert("o", 0, &f).unwrap();
-        a.insert("o", 1, &f).unwrap();
+        a.insert("o", 0, &f, HitCheck::Every).unwrap();
+        a.insert("o", 1, &f, HitCheck::Every).unwrap();
         let mut out = vec![0u8; 8192];
         assert!(a.read("o", 0, 0, &mut out), "now held open by a");
         let before = a.stats().used_bytes;
@@ -875,7 +920,8 @@ mod tests {
         let limit = 20 * (64 << 10);
         let c = FrameCache::open(d.path(), limit).unwrap();
         for i in 0..100u32 {
-            c.insert("obj", i, &frame(i as u8, 64 << 10)).unwrap();
+            c.insert("obj", i, &frame(i as u8, 64 << 10), HitCheck::Every)
+                .unwrap();
             assert!(c.stats().used_bytes <= limit);
             assert!(c.disk_usage().unwrap() <= limit);
             if i < 3 {

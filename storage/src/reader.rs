@@ -257,7 +257,7 @@ impl RemoteReader {
                     let need = (len - layout.trailer.footer_offset) as usize;
                     let mut entry = len.to_le_bytes().to_vec();
                     entry.extend_from_slice(&tail[tail.len() - need..]);
-                    let _ = c.insert(name, TAIL_ENTRY, &entry);
+                    let _ = c.insert(name, TAIL_ENTRY, &entry, HitCheck::Every);
                 }
                 layout
             }
@@ -292,8 +292,9 @@ impl RemoteReader {
             let frame = (pos / fs) as u32;
             let in_frame = (pos % fs) as usize;
             let n = ((fs - pos % fs).min(end - pos)) as usize;
-            self.note_access(&name, &layout, frame);
-            self.read_frame_part(&name, &layout, frame, in_frame, &mut out[done..done + n])
+            self.note_access(&name, &layout, frame, HitCheck::Every);
+            let part = &mut out[done..done + n];
+            self.read_frame_part(&name, &layout, frame, in_frame, part, HitCheck::Every)
                 .await?;
             pos += n as u64;
             done += n;
@@ -344,11 +345,11 @@ impl RemoteReader {
             let in_frame = (pos % fs) as usize;
             let n = (bufs.len() - i).min((fs as usize - in_frame) / bs);
             let part = &mut bufs[i..i + n];
-            self.note_access(&name, &layout, frame);
+            self.note_access(&name, &layout, frame, check);
             if !self.read_blocks_now(&name, frame, in_frame, part, check) {
                 let mut tmp = vec![0u8; n * bs];
                 crate::runtime::block_on(
-                    self.read_frame_part(&name, &layout, frame, in_frame, &mut tmp),
+                    self.read_frame_part(&name, &layout, frame, in_frame, &mut tmp, check),
                 )?;
                 scatter(&tmp, part);
             }
@@ -384,7 +385,7 @@ impl RemoteReader {
 
     /// Starts fetching the frames covering `[offset, offset+len)` in the
     /// background (PostgreSQL's `smgrprefetch`); returns at once.
-    pub fn prefetch(&self, name: &str, offset: u64, len: u64) {
+    pub fn prefetch(&self, name: &str, offset: u64, len: u64, check: HitCheck) {
         let this = self.clone();
         let name: Arc<str> = Arc::from(name);
         crate::runtime::runtime().spawn(async move {
@@ -392,7 +393,8 @@ impl RemoteReader {
                 let fs = layout.trailer.frame_size as u64;
                 let last = ((offset + len.max(1) - 1) / fs)
                     .min(layout.frames.len().saturating_sub(1) as u64);
-                this.spawn_fetch(&name, &layout, (offset / fs) as u32, last as u32 + 1, false);
+                let first = (offset / fs) as u32;
+                this.spawn_fetch(&name, &layout, first, last as u32 + 1, false, check);
             }
         });
     }
@@ -404,6 +406,7 @@ impl RemoteReader {
         frame: u32,
         off: usize,
         out: &mut [u8],
+        check: HitCheck,
     ) -> Result<()> {
         let inner = &self.0;
         let aligned = off.is_multiple_of(crate::format::BLOCK_SIZE);
@@ -413,12 +416,12 @@ impl RemoteReader {
         for attempt in 0.. {
             if let Some(c) = &inner.cache {
                 let hit = if aligned {
-                    c.read(name, frame, off, out)
+                    c.read_with(name, frame, off, out, check)
                 } else {
                     // The cache reads whole blocks: read the enclosing ones aside.
                     let lead = off % crate::format::BLOCK_SIZE;
                     let mut tmp = vec![0u8; lead + out.len()];
-                    let hit = c.read(name, frame, off - lead, &mut tmp);
+                    let hit = c.read_with(name, frame, off - lead, &mut tmp, check);
                     if hit {
                         out.copy_from_slice(&tmp[lead..]);
                     }
@@ -443,7 +446,7 @@ impl RemoteReader {
                 // After a second look, fetch even if the cache claims the frame
                 // (an entry that exists but cannot be read).
                 None => match self
-                    .spawn_fetch(name, layout, frame, frame + 1, attempt >= 2)
+                    .spawn_fetch(name, layout, frame, frame + 1, attempt >= 2, check)
                     .pop()
                 {
                     Some(rx) => rx,
@@ -475,7 +478,13 @@ impl RemoteReader {
     }
 
     /// Tracks sequential access per object and keeps a window fetched ahead.
-    fn note_access(&self, name: &Arc<str>, layout: &Arc<ObjectLayout>, frame: u32) {
+    fn note_access(
+        &self,
+        name: &Arc<str>,
+        layout: &Arc<ObjectLayout>,
+        frame: u32,
+        check: HitCheck,
+    ) {
         let cfg = &self.0.cfg;
         if cfg.window_bytes == 0 {
             return;
@@ -521,7 +530,7 @@ impl RemoteReader {
             // store's per-request cost dominates small GETs.
             if let Some(first) = first_missing {
                 if first <= frame + 1 + ahead / 2 {
-                    self.spawn_fetch(name, layout, first, end, false);
+                    self.spawn_fetch(name, layout, first, end, false, check);
                 }
             }
         }
@@ -548,6 +557,7 @@ impl RemoteReader {
         first: u32,
         end: u32,
         force: bool,
+        check: HitCheck,
     ) -> Vec<watch::Receiver<Option<FrameResult>>> {
         let inner = &self.0;
         let mut started = Vec::new();
@@ -558,7 +568,7 @@ impl RemoteReader {
                 let this = self.clone();
                 let (name, layout, batch) = (name.clone(), layout.clone(), std::mem::take(run));
                 crate::runtime::runtime()
-                    .spawn(async move { this.fetch_run(name, layout, batch).await });
+                    .spawn(async move { this.fetch_run(name, layout, batch, check).await });
                 *run_bytes = 0;
             }
         };
@@ -591,8 +601,9 @@ impl RemoteReader {
                     // Another process (a parallel worker) is fetching it.
                     flush(&mut run, &mut run_bytes);
                     let (this, name, layout) = (self.clone(), name.clone(), layout.clone());
-                    crate::runtime::runtime()
-                        .spawn(async move { this.wait_for_peer(name, layout, frame, tx).await });
+                    crate::runtime::runtime().spawn(async move {
+                        this.wait_for_peer(name, layout, frame, tx, check).await
+                    });
                     continue;
                 }
             };
@@ -617,6 +628,7 @@ impl RemoteReader {
         layout: Arc<ObjectLayout>,
         frame: u32,
         tx: watch::Sender<Option<FrameResult>>,
+        check: HitCheck,
     ) {
         let inner = &self.0;
         let cache = inner.cache.as_ref().expect("claims need a cache");
@@ -640,7 +652,9 @@ impl RemoteReader {
                     Claim::Mine(g) => Some(g),
                     _ => None,
                 };
-                return self.fetch_run(name, layout, vec![(frame, tx, guard)]).await;
+                return self
+                    .fetch_run(name, layout, vec![(frame, tx, guard)], check)
+                    .await;
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(std::time::Duration::from_millis(20));
@@ -649,7 +663,14 @@ impl RemoteReader {
 
     /// Fetches consecutive frames with one range GET, decodes each, publishes
     /// it to waiters, memory and the disk cache.
-    async fn fetch_run(&self, name: Arc<str>, layout: Arc<ObjectLayout>, batch: Vec<Fetch>) {
+    /// `check` says which blocks get checksums in the cache entries.
+    async fn fetch_run(
+        &self,
+        name: Arc<str>,
+        layout: Arc<ObjectLayout>,
+        batch: Vec<Fetch>,
+        check: HitCheck,
+    ) {
         let inner = &self.0;
         let a = batch[0].0 as usize;
         let b = batch[batch.len() - 1].0 as usize;
@@ -678,8 +699,12 @@ impl RemoteReader {
                 .unwrap()
                 .remove(&(name.clone(), frame));
         };
-        let data = match fetched {
-            Ok(d) => d,
+        let mut data = match fetched {
+            // Frames are decrypted in place: take the buffer over rather
+            // than copy each frame out of it.
+            Ok(d) => d
+                .try_into_mut()
+                .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..])),
             Err(e) => {
                 let e = Arc::new(e);
                 for (frame, tx, _claim) in &batch {
@@ -703,9 +728,9 @@ impl RemoteReader {
             let frame = &frame;
             let tx = &tx;
             let r = layout.frames[*frame as usize].range();
-            let mut stored = data[(r.start - start) as usize..(r.end - start) as usize].to_vec();
+            let stored = &mut data[(r.start - start) as usize..(r.end - start) as usize];
             let decoded = layout
-                .decode_frame(*frame as usize, &mut stored)
+                .decode_frame(*frame as usize, stored)
                 .map(Arc::new)
                 .map_err(Arc::new);
             inner.stats.frames_fetched.fetch_add(1, Ordering::Relaxed);
@@ -717,7 +742,12 @@ impl RemoteReader {
                 // A cache that cannot take the frame (disk full) must not fail
                 // the read. The claim is released once the entry exists.
                 tokio::task::spawn_blocking(move || {
-                    let _ = this.0.cache.as_ref().unwrap().insert(&name, frame, &f);
+                    let _ = this
+                        .0
+                        .cache
+                        .as_ref()
+                        .unwrap()
+                        .insert(&name, frame, &f, check);
                     drop(claim);
                 });
             }

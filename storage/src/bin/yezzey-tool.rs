@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use yezzey_storage::cache::HitCheck;
 use yezzey_storage::crypto::CipherImpl;
 use yezzey_storage::format::new_object_id;
 use yezzey_storage::format::{FormatOptions, ObjectLayout};
@@ -304,7 +305,7 @@ fn cache_stress(o: &Opts) -> Result<()> {
             }
             hits += 1;
         } else {
-            cache.insert("stress", k, &want)?;
+            cache.insert("stress", k, &want, HitCheck::Every)?;
             inserts += 1;
             let used = cache.stats().used_bytes;
             if used > limit {
