@@ -23,7 +23,8 @@ SELECT g, date '2024-01-01' + (g % 366)::int, (g * 7919) % 50000, ((g * 31) % 10
        CASE WHEN g % 3 = 0 THEN 'gift wrap; leave at door ' || g % 97 ELSE md5(g::text) END
   FROM generate_series(1::bigint, 2400000) g;
 CREATE INDEX ON orders (customer);
-ANALYZE orders;
+-- Frozen before offload, so that readers setting hint bits do not write pages back.
+VACUUM (FREEZE, ANALYZE) orders;
 SQL
 answer="SELECT date_trunc('quarter', placed)::date AS quarter, count(*), sum(amount), count(DISTINCT customer)
           FROM orders GROUP BY 1 ORDER BY 1"

@@ -247,6 +247,19 @@ class Offload(unittest.TestCase):
         self.assertEqual(checksum("dc"), expect, "after yezzey_cache_clear()")
         self.assertEqual(q("SELECT count(*) FROM verify_heapam('dc')"), "0")
 
+    def test_unfrozen_table_gets_advice(self):
+        """Offloading pages that readers will set hint bits on is allowed,
+        with a NOTICE saying so; a frozen table offloads without it."""
+        make_table("fz", rows=20_000)
+        pages = int(q("SELECT pg_relation_size('fz') / 8192"))
+        r = psql("SELECT * FROM yezzey_offload_relation('fz', with_indexes => false)")
+        self.assertIn(f'{pages} of {pages} pages of "fz" are not all-frozen', r.stderr)
+        self.assertIn("VACUUM (FREEZE)", r.stderr)
+        q("SELECT * FROM yezzey_load_relation('fz'); VACUUM (FREEZE) fz")
+        r = psql("SELECT * FROM yezzey_offload_relation('fz', with_indexes => false)")
+        self.assertNotIn("all-frozen", r.stderr)
+        self.assertEqual(q("SELECT state FROM yezzey_relation_status('fz')"), "offloaded")
+
     def test_truncate_drop_and_gc(self):
         make_table("gc1", rows=50_000)
         make_table("gc2", rows=50_000)

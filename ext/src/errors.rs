@@ -62,3 +62,15 @@ pub fn error(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
         .report(PgLogLevel::ERROR);
     unreachable!("ERROR does not return")
 }
+
+/// Sends a NOTICE with a detail and a hint (advice; the command goes on).
+pub fn notice(message: String, detail: String, hint: &str) {
+    ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+        message,
+        "yezzey",
+    )
+    .set_detail(detail)
+    .set_hint(hint.to_string())
+    .report(PgLogLevel::NOTICE);
+}

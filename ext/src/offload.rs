@@ -199,6 +199,22 @@ fn flush(t: &Target) -> u32 {
     }
 }
 
+/// Pages of a table that the visibility map does not show all-frozen.
+/// Reading such pages later sets hint bits, which writes them back locally.
+fn unfrozen_pages(t: &Target, nblocks: u32) -> u32 {
+    if !matches!(t.relkind.as_str(), "r" | "m" | "t") {
+        return 0;
+    }
+    let (mut visible, mut frozen) = (0, 0);
+    // SAFETY: the relation is locked by us; a read of its visibility map.
+    unsafe {
+        let rel = pg_sys::relation_open(t.oid.into(), pg_sys::NoLock as i32);
+        pg_sys::visibilitymap_count(rel, &mut visible, &mut frozen);
+        pg_sys::relation_close(rel, pg_sys::NoLock as i32);
+    }
+    nblocks.saturating_sub(frozen)
+}
+
 fn lock(t: &Target) {
     // SAFETY: acquiring a heavyweight lock held until transaction end.
     unsafe { pg_sys::LockRelationOid(t.oid.into(), EXCLUSIVE_LOCK) };
@@ -224,6 +240,14 @@ struct Offloaded {
 fn offload_one(t: &Target) -> Offloaded {
     let storage = settings::storage();
     let nblocks = flush(t);
+    let unfrozen = unfrozen_pages(t, nblocks);
+    if unfrozen > 0 {
+        errors::notice(
+            format!("yezzey: {unfrozen} of {nblocks} pages of \"{}\" are not all-frozen", t.name),
+            "Reading those rows after the offload sets their hint bits, which writes the pages back to local disk: correct, but they take local space again.".into(),
+            "Run VACUUM (FREEZE) on the table before offloading it.",
+        );
+    }
     let segs = segments_of(nblocks);
     if let Some(first) = segs.first() {
         let dir = mapfile::segment_path(t.spc, t.db, t.rel, MAIN_FORK, first.0);
