@@ -346,12 +346,16 @@ impl RemoteReader {
             let n = (bufs.len() - i).min((fs as usize - in_frame) / bs);
             let part = &mut bufs[i..i + n];
             self.note_access(&name, &layout, frame, check);
-            if !self.read_blocks_now(&name, frame, in_frame, part, check) {
-                let mut tmp = vec![0u8; n * bs];
-                crate::runtime::block_on(
-                    self.read_frame_part(&name, &layout, frame, in_frame, &mut tmp, check),
-                )?;
-                scatter(&tmp, part);
+            // Misses enter the runtime and copy once, from the fetched
+            // frame or from the cache a peer filled.
+            let mut attempt = 0;
+            while !self.read_blocks_now(&name, frame, in_frame, part, check) {
+                let got = self.obtain(&name, &layout, frame, attempt, check);
+                if let Some(f) = crate::runtime::block_on(got)? {
+                    scatter(&f[in_frame..], part);
+                    break;
+                }
+                attempt += 1;
             }
             pos += (n * bs) as u64;
             i += n;
@@ -411,8 +415,6 @@ impl RemoteReader {
         let inner = &self.0;
         let aligned = off.is_multiple_of(crate::format::BLOCK_SIZE);
         let key: FrameKey = (name.clone(), frame);
-        // A background fetch may finish between our checks and our own
-        // fetch; then nothing is started and we look again.
         for attempt in 0.. {
             if let Some(c) = &inner.cache {
                 let hit = if aligned {
@@ -437,32 +439,52 @@ impl RemoteReader {
                 out.copy_from_slice(&f[off..off + out.len()]);
                 return Ok(());
             }
-            let waiting = inner.inflight.lock().unwrap().get(&key).cloned();
-            let rx = match waiting {
-                Some(rx) => {
-                    inner.stats.inflight_waits.fetch_add(1, Ordering::Relaxed);
-                    rx
-                }
-                // After a second look, fetch even if the cache claims the frame
-                // (an entry that exists but cannot be read).
-                None => match self
-                    .spawn_fetch(name, layout, frame, frame + 1, attempt >= 2, check)
-                    .pop()
-                {
-                    Some(rx) => rx,
-                    None => continue,
-                },
-            };
-            match Self::wait(rx).await? {
-                Ready::Frame(f) => {
-                    out.copy_from_slice(&f[off..off + out.len()]);
-                    return Ok(());
-                }
-                // A peer fetched it: read our part from the cache.
-                Ready::InCache => continue,
+            if let Some(f) = self.obtain(name, layout, frame, attempt, check).await? {
+                out.copy_from_slice(&f[off..off + out.len()]);
+                return Ok(());
             }
         }
         unreachable!()
+    }
+
+    /// Gets a frame that was neither cached nor in memory when looked for:
+    /// waits for a fetch in flight or starts one. `None` means look in the
+    /// cache and memory again: a peer cached the frame, or a background
+    /// fetch finished between the caller's look and ours. From the third
+    /// attempt on it fetches even if the cache has an entry (one that cannot
+    /// be read).
+    async fn obtain(
+        &self,
+        name: &Arc<str>,
+        layout: &Arc<ObjectLayout>,
+        frame: u32,
+        attempt: u32,
+        check: HitCheck,
+    ) -> Result<Option<Frame>> {
+        let inner = &self.0;
+        let waiting = inner
+            .inflight
+            .lock()
+            .unwrap()
+            .get(&(name.clone(), frame))
+            .cloned();
+        let rx = match waiting {
+            Some(rx) => {
+                inner.stats.inflight_waits.fetch_add(1, Ordering::Relaxed);
+                rx
+            }
+            None => match self
+                .spawn_fetch(name, layout, frame, frame + 1, attempt >= 2, check)
+                .pop()
+            {
+                Some(rx) => rx,
+                None => return Ok(None),
+            },
+        };
+        Ok(match Self::wait(rx).await? {
+            Ready::Frame(f) => Some(f),
+            Ready::InCache => None,
+        })
     }
 
     async fn wait(mut rx: watch::Receiver<Option<FrameResult>>) -> Result<Ready> {
