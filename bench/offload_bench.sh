@@ -3,7 +3,9 @@
 # realistic rows (numbers, dates, text of varying length):
 #   offload throughput, compressed size, full scans and index point lookups
 #   with a cold cache (server restarted, yezzey cache wiped, OS page cache
-#   dropped) and a warm one, and the first row of a cold scan.
+#   dropped) and a warm one, and the first row of a cold scan; then the cold
+#   scans again with the objects copied to a local directory (no object
+#   store sharing the CPU).
 #   bench/offload_bench.sh [ROWS] [ROUNDS]
 source "$(dirname "$0")/../scripts/common.sh"
 ROWS=${1:-10000000}; ROUNDS=${2:-3}
@@ -84,12 +86,44 @@ for r in $(seq 1 "$ROUNDS"); do
     done
     echo "round $r done"
 done
+
+# The cold scans again with the same objects in a local directory instead
+# of Garage: what yezzey itself costs when the object store does not share
+# this machine's cores (a real deployment's store is elsewhere).
+dir=$YZ_RUN/objects
+rm -rf "$dir"; mkdir -p "$dir"
+(cd "$YZ_ROOT" && cargo build --release -q -p yezzey-storage --bin yezzey-tool)
+tool=$YZ_ROOT/target/release/yezzey-tool
+# shellcheck disable=SC1091
+source "$YZ_RUN/garage/env"
+YEZZEY_STORAGE_URL=$(val -c "SHOW yezzey.storage_url"); export YEZZEY_STORAGE_URL
+for n in $("$tool" ls "$(val -c "SELECT system_identifier FROM pg_control_system()")/" | cut -f2); do
+    mkdir -p "$dir/$(dirname "$n")"
+    "$tool" get-raw "$n" "$dir/$n" >/dev/null
+done
+[ "$(id -u)" = 0 ] && chown -R "$YZ_OS_USER" "$dir"
+val -c "ALTER SYSTEM SET yezzey.storage_url = '$dir'"
+for r in $(seq 1 "$ROUNDS"); do
+    order="t_local t_off"; [ $((r % 2)) = 0 ] && order="t_off t_local"
+    for t in $order; do
+        cold_restart
+        res[$t,dcold]+="$(val -c "SELECT bench_ms(format('$scan', '$t'))") "
+        cold_restart
+        res[$t,dscold]+="$(val -c "SET max_parallel_workers_per_gather = 0" -c "SELECT bench_ms(format('$scan', '$t'))") "
+    done
+    echo "directory round $r done"
+done
+val -c "ALTER SYSTEM RESET yezzey.storage_url"
+rm -rf "$dir"
+
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
 echo
 echo "| measurement (median of $ROUNDS) | local | offloaded | offloaded speed vs local |"
 echo "|---|---:|---:|---:|"
 for m in "cold:full scan, cold cache (ms)" "scold:full scan, cold cache, no parallel workers (ms)" "warm:full scan, warm cache (ms)" "first:first row of a cold scan (ms)" \
-         "pcold:index point lookup, cold cache (ms each)" "pwarm:index point lookup, warm cache (ms each)"; do
+         "pcold:index point lookup, cold cache (ms each)" "pwarm:index point lookup, warm cache (ms each)" \
+         "dcold:full scan, cold cache, objects in a local directory (ms)" \
+         "dscold:full scan, cold cache, objects in a local directory, no parallel workers (ms)"; do
     k=${m%%:*}; label=${m#*:}
     l=$(echo "${res[t_local,$k]}" | median); o=$(echo "${res[t_off,$k]}" | median)
     awk -v l="$l" -v o="$o" -v n="$label" 'BEGIN{printf "| %s | %.2f | %.2f | %.2fx |\n", n, l, o, l/o}'
