@@ -74,3 +74,16 @@ pub fn notice(message: String, detail: String, hint: &str) {
     .set_hint(hint.to_string())
     .report(PgLogLevel::NOTICE);
 }
+
+/// Raises an ERROR unless the session's role is a superuser; `what` names
+/// the action ("offload relations").
+pub fn require_superuser(what: &str) {
+    // SAFETY: reads the session's role.
+    if !unsafe { pgrx::pg_sys::superuser() } {
+        error(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied to {what}"),
+            &format!("Only superusers can {what}."),
+        );
+    }
+}

@@ -57,17 +57,6 @@ struct Target {
     rel: u32,
 }
 
-fn require_superuser(what: &str) {
-    // SAFETY: reads the session's role.
-    if !unsafe { pg_sys::superuser() } {
-        errors::error(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("permission denied to {what}"),
-            "Only superusers can offload or load back relations.",
-        );
-    }
-}
-
 fn describe(oid: u32) -> Target {
     let Some(info) = catalog::relation(oid) else {
         errors::error(
@@ -404,7 +393,7 @@ fn yezzey_offload_relation(
         name!(remote_bytes, i64),
     ),
 > {
-    require_superuser("offload relations");
+    errors::require_superuser("offload relations");
     settings::storage();
     let targets = expand(rel.to_u32(), with_indexes);
     let mut rows = Vec::new();
@@ -526,7 +515,7 @@ VOLATILE PARALLEL UNSAFE STRICT LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME
 fn yezzey_load_relation(
     rel: pg_sys::Oid,
 ) -> TableIterator<'static, (name!(relation, String), name!(blocks_loaded, i64))> {
-    require_superuser("load back relations");
+    errors::require_superuser("load back relations");
     let targets = expand(rel.to_u32(), true);
     for t in &targets {
         lock(t);

@@ -162,14 +162,7 @@ fn yezzey_gc(
         name!(kept_objects, i64),
     ),
 > {
-    // SAFETY: reads the session's role.
-    if !unsafe { pg_sys::superuser() } {
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "permission denied to run yezzey_gc"
-        );
-    }
+    crate::errors::require_superuser("run yezzey_gc");
     let storage = settings::storage();
     let mut keep: HashSet<String> = HashSet::new();
     for m in mapfile::read_all() {
@@ -223,14 +216,7 @@ fn yezzey_gc(
 /// PostgreSQL's page checksums rather than hashing every block again.
 #[pg_extern(volatile, parallel_unsafe)]
 fn yezzey_cache_clear() -> TableIterator<'static, (name!(entries, i64), name!(bytes, i64))> {
-    // SAFETY: reads the session's role.
-    if !unsafe { pg_sys::superuser() } {
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "permission denied to run yezzey_cache_clear"
-        );
-    }
+    crate::errors::require_superuser("run yezzey_cache_clear");
     let storage = settings::storage();
     let Some(cache) = storage.reader.cache() else {
         return TableIterator::once((0, 0));

@@ -10,14 +10,18 @@
 //! **Layout.** `<dir>/state` (a shared, memory-mapped page of counters),
 //! `<dir>/evict.lock`, `<dir>/tmp/`, and entries `<dir>/<xx>/<hash>`, where
 //! `hash` is xxh3_128 of (object name, frame number). An entry is a 64-byte
-//! header (magic, raw length, block count, key hash), one xxh3_64 per 8 KiB
-//! block, then the raw frame.
+//! header (magic, raw length, block count, key hash, flags), one xxh3_64 per
+//! 8 KiB block, then the raw frame. An entry written for a reader that
+//! verifies some blocks itself ([`HitCheck::SkipIf`]: PostgreSQL's page
+//! checksums) has checksums only for the other blocks, and says so in its
+//! flags.
 //!
 //! **Never a torn entry.** Entries are written under `tmp/` and linked into
 //! place, so a reader sees a whole file or none; and every block read is
 //! checked against its checksum, so even an entry damaged by an OS crash
 //! (link durable, data not) or by anything else reads as a miss, is
-//! removed, and is fetched again.
+//! removed, and is fetched again (blocks the reader verifies itself are left
+//! to its check).
 //!
 //! **Size limit across processes.** `used` bytes live in the shared state
 //! page. A writer *reserves* its entry's size with a compare-and-swap that
