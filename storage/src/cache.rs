@@ -540,14 +540,19 @@ impl FrameCache {
         }
         self.reserve(size)?;
         let path = self.entry_path(key);
-        let res = self.write_entry(key, raw, &path, check);
-        if res.is_err() {
+        let published = self.write_entry(key, raw, &path, check);
+        if let Ok(true) = published {
+            self.counter(Counter::Inserts)
+                .fetch_add(1, Ordering::Relaxed);
+        } else {
+            // Failed, or another process published the frame first.
             self.release(size);
         }
-        res
+        published.map(|_| ())
     }
 
-    fn write_entry(&self, key: u128, raw: &[u8], path: &Path, check: HitCheck) -> Result<()> {
+    /// Writes an entry and publishes it; false if one was there already.
+    fn write_entry(&self, key: u128, raw: &[u8], path: &Path, check: HitCheck) -> Result<bool> {
         let nblocks = block_count(raw.len());
         // Header and checksums; the frame itself is written from the
         // caller's buffer, not copied behind them.
@@ -573,7 +578,6 @@ impl FrameCache {
             let sum = if check.wants(b) { xxh3_64(b) } else { 0 };
             head.extend_from_slice(&sum.to_le_bytes());
         }
-        let size = (head.len() + raw.len() + pad.len()) as u64;
         let mut r = [0u8; 8];
         getrandom::fill(&mut r).expect("OS random source");
         let tmp = self.dir.join("tmp").join(hex::encode(r));
@@ -594,17 +598,10 @@ impl FrameCache {
             fs::remove_file(&tmp)?;
             Ok(published)
         };
-        let published = write().map_err(|e| {
+        write().map_err(|e| {
             let _ = fs::remove_file(&tmp);
             Error::io(path, e)
-        })?;
-        if published {
-            self.counter(Counter::Inserts)
-                .fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.release(size);
-        }
-        Ok(())
+        })
     }
 
     /// Takes `size` bytes of the budget, evicting first if they do not fit.

@@ -412,31 +412,24 @@ impl RemoteReader {
         out: &mut [u8],
         check: HitCheck,
     ) -> Result<()> {
-        let inner = &self.0;
-        let aligned = off.is_multiple_of(crate::format::BLOCK_SIZE);
-        let key: FrameKey = (name.clone(), frame);
+        let bs = crate::format::BLOCK_SIZE;
         for attempt in 0.. {
-            if let Some(c) = &inner.cache {
-                let hit = if aligned {
-                    c.read_with(name, frame, off, out, check)
-                } else {
-                    // The cache reads whole blocks: read the enclosing ones aside.
-                    let lead = off % crate::format::BLOCK_SIZE;
-                    let mut tmp = vec![0u8; lead + out.len()];
-                    let hit = c.read_with(name, frame, off - lead, &mut tmp, check);
-                    if hit {
-                        out.copy_from_slice(&tmp[lead..]);
-                    }
-                    hit
-                };
+            // Cache and memory serve whole blocks: an unaligned part is read
+            // with the blocks around it, aside.
+            let lead = off % bs;
+            let hit = if lead == 0 {
+                let mut bufs: Vec<&mut [u8]> = out.chunks_mut(bs).collect();
+                self.read_blocks_now(name, frame, off, &mut bufs, check)
+            } else {
+                let mut tmp = vec![0u8; lead + out.len()];
+                let mut bufs: Vec<&mut [u8]> = tmp.chunks_mut(bs).collect();
+                let hit = self.read_blocks_now(name, frame, off - lead, &mut bufs, check);
                 if hit {
-                    inner.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
+                    out.copy_from_slice(&tmp[lead..]);
                 }
-            }
-            if let Some(f) = inner.memory.lock().unwrap().get(&key) {
-                inner.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
-                out.copy_from_slice(&f[off..off + out.len()]);
+                hit
+            };
+            if hit {
                 return Ok(());
             }
             if let Some(f) = self.obtain(name, layout, frame, attempt, check).await? {

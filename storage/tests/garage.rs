@@ -280,6 +280,10 @@ fn cache_serves_second_reader_without_gets() {
         .unwrap();
     }
     assert_eq!(blocks.concat(), data);
+    // A read that starts and ends inside blocks, across a frame boundary.
+    let mut odd = vec![0u8; FRAME as usize];
+    r2.read_blocking("c", 5000, &mut odd).unwrap();
+    assert!(odd == data[5000..5000 + FRAME as usize]);
     assert_eq!(
         r2.stats().gets.load(std::sync::atomic::Ordering::Relaxed),
         gets,
