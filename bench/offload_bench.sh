@@ -26,7 +26,7 @@ drop_caches() {
 }
 cold_restart() {
     bash "$S/pg.sh" stop
-    rm -rf "$YZ_RUN/pgdata/pg_yezzey/cache"
+    rm -rf "$YZ_RUN/pgdata/pg_yezzey/pgsql_tmp_cache"
     drop_caches
     bash "$S/pg.sh" start
 }

@@ -46,7 +46,7 @@ q -c "SELECT p AS partition, s.state, pg_size_pretty(s.logical_bytes) AS logical
 
 say "queries across hot and cold partitions, after a restart with an empty cache"
 bash "$YZ_ROOT/scripts/pg.sh" stop
-rm -rf "$YZ_RUN/pgdata/pg_yezzey/cache"
+rm -rf "$YZ_RUN/pgdata/pg_yezzey/pgsql_tmp_cache"
 bash "$YZ_ROOT/scripts/pg.sh" start
 q -c "$answer"
 q -c "$point"

@@ -61,7 +61,7 @@ def restart(wipe_cache=True):
     sh(*PG, "stop")
     if wipe_cache:
         data = os.path.join(os.environ["YEZZEY_RUN"], "pgdata")
-        subprocess.run(["rm", "-rf", os.path.join(data, "pg_yezzey/cache")], check=True)
+        subprocess.run(["rm", "-rf", os.path.join(data, "pg_yezzey/pgsql_tmp_cache")], check=True)
     sh(*PG, "start")
 
 
@@ -221,7 +221,7 @@ class Offload(unittest.TestCase):
         self.assertEqual(checksum("dc"), expect, "first read fills the cache")
         # Flip a byte inside the first block of every cached frame (a page's
         # line pointers: its header still says the page is not new).
-        cache = os.path.join(os.environ["YEZZEY_RUN"], "pgdata", "pg_yezzey", "cache")
+        cache = os.path.join(os.environ["YEZZEY_RUN"], "pgdata", "pg_yezzey", "pgsql_tmp_cache")
         damaged = 0
         for sub in os.listdir(cache):
             d = os.path.join(cache, sub)
@@ -492,7 +492,7 @@ class Faults(unittest.TestCase):
             with open(path, "wb") as fh:
                 fh.write(data)
             subprocess.run([tool, "put-raw", path, name], env=env, check=True)
-        subprocess.run(["rm", "-rf", os.path.join(os.environ["YEZZEY_RUN"], "pgdata/pg_yezzey/cache")])
+        subprocess.run(["rm", "-rf", os.path.join(os.environ["YEZZEY_RUN"], "pgdata/pg_yezzey/pgsql_tmp_cache")])
         restart()
         e = error_of("SELECT count(*), max(note) FROM f_bad")
         self.assertIn("XX001", e)

@@ -149,7 +149,7 @@ pub fn define() {
     );
     string_guc(
         c"yezzey.cache_dir",
-        c"Directory of the local cache of decoded frames; default $PGDATA/pg_yezzey/cache.",
+        c"Directory of the local cache of decoded frames; default $PGDATA/pg_yezzey/pgsql_tmp_cache.",
         c"",
         &CACHE_DIR,
         GucFlags::default(),
@@ -342,7 +342,7 @@ fn build(cfg: &Config) -> yezzey_storage::Result<Storage> {
             .cache_dir
             .as_ref()
             .map(PathBuf::from)
-            .unwrap_or_else(|| data_dir().join("pg_yezzey/cache"));
+            .unwrap_or_else(|| data_dir().join("pg_yezzey/pgsql_tmp_cache"));
         Some(FrameCache::open(&dir, cfg.cache_mb as u64 * 1024 * 1024)?)
     } else {
         None
