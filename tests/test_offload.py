@@ -42,8 +42,8 @@ def psql(sql, db="postgres", check=True):
     return r
 
 
-def q(sql):
-    return psql(sql).stdout.strip()
+def q(sql, db="postgres"):
+    return psql(sql, db).stdout.strip()
 
 
 def error_of(sql):
@@ -53,8 +53,8 @@ def error_of(sql):
     return r.stderr
 
 
-def checksum(table, order="id"):
-    return q(f"SELECT md5(string_agg(t::text, ',' ORDER BY {order})) FROM {table} t")
+def checksum(table, order="id", db="postgres"):
+    return q(f"SELECT md5(string_agg(t::text, ',' ORDER BY {order})) FROM {table} t", db)
 
 
 def restart(wipe_cache=True):
@@ -70,14 +70,14 @@ def crash_and_restart():
     sh(*PG, "start")
 
 
-def make_table(name, rows=200_000, extra=""):
+def make_table(name, rows=200_000, extra="", db="postgres"):
     q(f"""DROP TABLE IF EXISTS {name} CASCADE;
 CREATE TABLE {name} (id int PRIMARY KEY, day date, amount numeric, note text) {extra};
 INSERT INTO {name}
 SELECT g, date '2023-01-01' + (g % 365), (g::bigint * 7919) % 100000 / 100.0,
        repeat(md5(g::text), 1 + g % 5) || CASE WHEN g % 1000 = 0 THEN repeat('x', 3000) ELSE '' END
   FROM generate_series(1, {rows}) g;
-ANALYZE {name};""")
+ANALYZE {name};""", db)
 
 
 def objects_in_store():
@@ -103,6 +103,22 @@ def referenced_objects():
         for s in m["segments"]:
             names.add(f"{sysid}/seg{m['content']}/{m['spc']}/{m['db']}/{m['rel']}/{fork}.{s['segno']}.{s['object_id']}.yz")
     return names
+
+
+def maps_of_database(db_oid):
+    """Map file names of one database (<spc>_<db>_<rel>_<fork>.json)."""
+    data = os.path.join(os.environ["YEZZEY_RUN"], "pgdata", "pg_yezzey", "map")
+    return sorted(f for f in os.listdir(data) if f.endswith(".json") and f.split("_")[1] == str(db_oid))
+
+
+def new_database(name):
+    """A fresh database with yezzey and one offloaded table `cold`; returns its oid."""
+    psql(f"DROP DATABASE IF EXISTS {name}")
+    q(f"CREATE DATABASE {name}")
+    q("CREATE EXTENSION yezzey", name)
+    make_table("cold", rows=30_000, db=name)
+    q("VACUUM (FREEZE) cold; SELECT * FROM yezzey_offload_relation('cold')", name)
+    return q(f"SELECT oid FROM pg_database WHERE datname = '{name}'")
 
 
 def map_segments(relfilenode):
@@ -304,6 +320,72 @@ INSERT INTO events SELECT g, date '2023-01-01' + (g % 700), md5(g::text) FROM ge
         restart()
         self.assertEqual(checksum("events", "id"), expect)
 
+    def test_database_copy_move_and_drop(self):
+        """Commands that copy a database's files refuse offloaded sources;
+        DROP DATABASE releases the maps, and GC then frees the objects."""
+        psql("DROP DATABASE IF EXISTS yz_copy")
+        src = new_database("yz_src")
+        expect = checksum("cold", db="yz_src")
+        self.assertTrue(maps_of_database(src))
+        e = error_of("CREATE DATABASE yz_copy TEMPLATE yz_src STRATEGY FILE_COPY")
+        self.assertIn("0A000", e)
+        self.assertIn("STRATEGY WAL_LOG", e)
+        self.assertEqual(q("SELECT count(*) FROM pg_database WHERE datname = 'yz_copy'"), "0")
+        # The default strategy reads through the storage manager: same rows,
+        # and the copy is local.
+        q("CREATE DATABASE yz_copy TEMPLATE yz_src")
+        self.assertEqual(checksum("cold", db="yz_copy"), expect)
+        self.assertEqual(q("SELECT count(*) FROM yezzey_offloaded_relations", "yz_copy"), "0")
+        self.assertEqual(q("CREATE EXTENSION amcheck; SELECT count(*) FROM verify_heapam('cold')", "yz_copy"), "0")
+
+        ts = os.path.join(os.environ["YEZZEY_RUN"], "ts_move")
+        subprocess.run(["rm", "-rf", ts], check=True)
+        os.makedirs(ts)
+        st = os.stat(os.path.join(os.environ["YEZZEY_RUN"], "pgdata"))
+        os.chown(ts, st.st_uid, st.st_gid)
+        psql("DROP TABLESPACE IF EXISTS yz_ts")
+        q(f"CREATE TABLESPACE yz_ts LOCATION '{ts}'")
+        e = error_of("ALTER DATABASE yz_src SET TABLESPACE yz_ts")
+        self.assertIn("0A000", e)
+        self.assertIn("ALTER TABLE", e)
+        # The way the hint points: a table moves through the storage manager.
+        q("ALTER TABLE cold SET TABLESPACE yz_ts", "yz_src")
+        self.assertEqual(checksum("cold", db="yz_src"), expect)
+        self.assertEqual(q("SELECT state FROM yezzey_relation_status('cold')", "yz_src"), "local")
+
+        q("SELECT * FROM yezzey_offload_relation('cold')", "yz_src")
+        q("DROP DATABASE yz_src")
+        self.assertEqual(maps_of_database(src), [], "DROP DATABASE must release its maps")
+        q("SELECT * FROM yezzey_gc()")
+        self.assertEqual(objects_in_store(), referenced_objects())
+        q("DROP DATABASE yz_copy; DROP TABLESPACE yz_ts")
+
+    def test_gc_forgets_maps_of_vanished_databases(self):
+        """A database dropped while yezzey was not loaded leaves its maps:
+        GC forgets them and frees their objects."""
+        gone = new_database("yz_gone")
+        names = referenced_objects()
+        auto = os.path.join(os.environ["YEZZEY_RUN"], "pgdata", "postgresql.auto.conf")
+        with open(auto) as f:
+            saved = f.read()
+        try:
+            # (ALTER SYSTEM would write '""', a library with an empty name.)
+            with open(auto, "a") as f:
+                f.write("\nshared_preload_libraries = ''\n")
+            restart(wipe_cache=False)
+            q("DROP DATABASE yz_gone")
+        finally:
+            with open(auto, "w") as f:
+                f.write(saved)
+            restart(wipe_cache=False)
+        self.assertTrue(maps_of_database(gone))
+        self.assertEqual(q("SELECT deleted_objects > 0 FROM yezzey_gc(dry_run => true)"), "t")
+        self.assertTrue(maps_of_database(gone), "a dry run must not forget maps")
+        q("SELECT * FROM yezzey_gc()")
+        self.assertEqual(maps_of_database(gone), [])
+        self.assertLess(len(referenced_objects()), len(names))
+        self.assertEqual(objects_in_store(), referenced_objects())
+
     def test_bad_input(self):
         self.assertIn("42P01", error_of("SELECT yezzey_offload_relation('no_such_table')"))
         e = error_of("SELECT yezzey_offload_relation('pg_class')")
@@ -388,6 +470,21 @@ class Crashes(unittest.TestCase):
                 self.assertEqual(q(f"SELECT state FROM yezzey_relation_status('{t}')"), "local")
                 restart()
                 self.assertEqual(checksum(t), expect)
+
+    def test_crash_during_drop_database(self):
+        """kill -9 after DROP DATABASE removed the files, before its maps
+        were forgotten: the database is left invalid, GC keeps its objects,
+        and dropping it again releases them."""
+        oid = new_database("yz_drop")
+        self.run_crashing("DROP DATABASE yz_drop", "after_dropdb")
+        self.assertTrue(maps_of_database(oid))
+        q("SELECT * FROM yezzey_gc()")
+        self.assertTrue(maps_of_database(oid), "GC must not forget the maps of a database still in pg_database")
+        self.assertEqual(referenced_objects() - objects_in_store(), set())
+        q("DROP DATABASE yz_drop")
+        self.assertEqual(maps_of_database(oid), [])
+        q("SELECT * FROM yezzey_gc()")
+        self.assertEqual(objects_in_store(), referenced_objects())
 
 
 class Faults(unittest.TestCase):

@@ -63,6 +63,15 @@ pub fn error(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
     unreachable!("ERROR does not return")
 }
 
+/// Raises an ERROR with an SQLSTATE, a message, a detail and a hint.
+pub fn error_detail(code: PgSqlErrorCode, message: String, detail: String, hint: &str) -> ! {
+    ErrorReport::new(code, message, "yezzey")
+        .set_detail(detail)
+        .set_hint(hint.to_string())
+        .report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
 /// Sends a NOTICE with a detail and a hint (advice; the command goes on).
 pub fn notice(message: String, detail: String, hint: &str) {
     ErrorReport::new(

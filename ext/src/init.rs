@@ -20,4 +20,5 @@ pub fn init() {
         yezzey_smgr_shim::install();
     }
     crate::wal::register();
+    crate::utility::install();
 }

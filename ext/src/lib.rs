@@ -17,6 +17,7 @@ mod remote;
 mod settings;
 mod stats;
 mod status;
+mod utility;
 mod wal;
 
 ::pgrx::pg_module_magic!();

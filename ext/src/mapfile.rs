@@ -232,6 +232,15 @@ pub fn read_all() -> Vec<Result<ForkMap, String>> {
     out
 }
 
+/// The readable maps of one database (any tablespace).
+pub fn forks_of_database(db: u32) -> Vec<ForkMap> {
+    read_all()
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|m| m.db == db)
+        .collect()
+}
+
 /// Path of a segment file relative to the data directory.
 pub fn segment_path(spc: u32, db: u32, rel: u32, fork: i32, segno: u32) -> PathBuf {
     // SAFETY: GetRelationPath pallocs a C string from plain values.

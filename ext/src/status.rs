@@ -146,9 +146,26 @@ REVOKE EXECUTE ON FUNCTION yezzey_gc(bool) FROM PUBLIC;
     finalize
 );
 
+/// Whether a database exists, from the catalog as it is now (not from the
+/// transaction's snapshot: a database created since must count).
+fn database_exists(db: u32) -> bool {
+    // SAFETY: a syscache probe from a backend inside a transaction.
+    unsafe {
+        pg_sys::SearchSysCacheExists(
+            pg_sys::SysCacheIdentifier::DATABASEOID as i32,
+            pg_sys::Datum::from(db),
+            pg_sys::Datum::from(0usize),
+            pg_sys::Datum::from(0usize),
+            pg_sys::Datum::from(0usize),
+        )
+    }
+}
+
 /// Deletes objects that nothing references: not the map of any relation of
-/// this cluster (all databases), and not an upload still in progress. Safe
-/// to run at any time. Objects still needed by a lagging standby or a kept
+/// this cluster (all databases), and not an upload still in progress. Maps
+/// of databases that no longer exist (dropped by a server without yezzey's
+/// DROP DATABASE hook, or a crash in between) are forgotten first. Safe to
+/// run at any time. Objects still needed by a lagging standby or a kept
 /// backup whose map differs from this server's are NOT protected yet: run
 /// it only when standbys have caught up.
 #[pg_extern(volatile, parallel_unsafe)]
@@ -163,14 +180,34 @@ fn yezzey_gc(
     ),
 > {
     crate::errors::require_superuser("run yezzey_gc");
+    // SAFETY: a plain query of the xlog state.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        crate::errors::error(
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            "yezzey_gc cannot run during recovery".into(),
+            "Run it on the primary; standbys read the same objects.",
+        );
+    }
     let storage = settings::storage();
     let mut keep: HashSet<String> = HashSet::new();
+    let mut dead_dbs = std::collections::BTreeSet::new();
+    // Maps first, then the catalog: a map's database committed before the
+    // map was written, so it is visible to the later lookup unless dropped.
     for m in mapfile::read_all() {
         match m {
+            Ok(m) if !database_exists(m.db) => {
+                dead_dbs.insert(m.db);
+            }
             Ok(m) => keep.extend(m.segments.iter().map(|s| m.object_name(s).relative())),
             Err(e) => {
                 error!("yezzey: refusing to collect garbage with an unreadable map file: {e}")
             }
+        }
+    }
+    if !dry_run {
+        for db in dead_dbs {
+            let n = crate::utility::forget_database(db);
+            notice!("yezzey: forgot {n} map(s) of database {db}, which no longer exists");
         }
     }
     let mut stale_intents = Vec::new();
