@@ -5,10 +5,15 @@
 #   pg.sh start|stop|restart|status
 #   pg.sh crash                kill -9 the postmaster (crash-recovery tests)
 #   pg.sh env                  print PG* variables for psql
+#   pg.sh standby DIR PORT     base-back up the running cluster into DIR as a
+#                              streaming standby on PORT (start it with
+#                              YEZZEY_PGDATA=DIR YEZZEY_PGPORT=PORT pg.sh start)
 source "$(dirname "$0")/common.sh"
 
 PGDATA=${YEZZEY_PGDATA:-$YZ_RUN/pgdata}
 SOCKDIR=$YZ_RUN/pgsock
+LOGFILE=$YZ_RUN/postgres.log
+[ -n "${YEZZEY_PGDATA:-}" ] && LOGFILE=$YZ_RUN/$(basename "$PGDATA").log
 BIN=$PG_PREFIX/bin
 
 init() {
@@ -54,8 +59,8 @@ CONF
 }
 
 start() {
-    as_pg "$BIN/pg_ctl" -D "$PGDATA" -l "$YZ_RUN/postgres.log" -w -t 60 start >/dev/null \
-        || { tail -30 "$YZ_RUN/postgres.log"; die "postgres did not start"; }
+    as_pg "$BIN/pg_ctl" -D "$PGDATA" -l "$LOGFILE" -w -t 60 start >/dev/null \
+        || { tail -30 "$LOGFILE"; die "postgres did not start"; }
 }
 
 stop() {
@@ -72,13 +77,22 @@ crash() {
     for _ in $(seq 1 100); do pgrep -u "$YZ_OS_USER" -f "postgres:" >/dev/null || break; sleep 0.1; done
 }
 
+standby() {
+    local dir=$1 port=$2
+    rm -rf "$dir"
+    as_pg "$BIN/pg_basebackup" -h "$SOCKDIR" -p "$PGPORT" -U postgres -D "$dir" -R -X stream -c fast
+    # The copied configuration names the primary's port.
+    echo "port = $port" | as_pg tee -a "$dir/postgresql.conf" >/dev/null
+}
+
 case "${1:-}" in
     init) init "${2:-}" ;;
     start) start ;;
     stop) stop ;;
     restart) stop; start ;;
     crash) crash ;;
+    standby) standby "$2" "$3" ;;
     status) as_pg "$BIN/pg_ctl" -D "$PGDATA" status ;;
     env) printf 'export PGHOST=%s PGPORT=%s PGUSER=postgres PATH=%s:$PATH\n' "$SOCKDIR" "$PGPORT" "$BIN" ;;
-    *) die "usage: $0 init [--no-yezzey]|start|stop|restart|crash|status|env" ;;
+    *) die "usage: $0 init [--no-yezzey]|start|stop|restart|crash|status|env|standby DIR PORT" ;;
 esac

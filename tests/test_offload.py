@@ -32,11 +32,12 @@ def pg_env():
 ENV = pg_env()
 
 
-def psql(sql, db="postgres", check=True):
+def psql(sql, db="postgres", check=True, port=None):
     # Through stdin, so each statement autocommits as in a DBA's script.
+    env = ENV if port is None else dict(ENV, PGPORT=str(port))
     r = subprocess.run(
         ["psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", "-"],
-        input="\\set VERBOSITY verbose\n" + sql + "\n", capture_output=True, text=True, env=ENV)
+        input="\\set VERBOSITY verbose\n" + sql + "\n", capture_output=True, text=True, env=env)
     if check and r.returncode != 0:
         raise AssertionError(f"psql failed: {sql}\n{r.stderr}")
     return r
@@ -105,9 +106,9 @@ def referenced_objects():
     return names
 
 
-def maps_of_database(db_oid):
+def maps_of_database(db_oid, pgdata="pgdata"):
     """Map file names of one database (<spc>_<db>_<rel>_<fork>.json)."""
-    data = os.path.join(os.environ["YEZZEY_RUN"], "pgdata", "pg_yezzey", "map")
+    data = os.path.join(os.environ["YEZZEY_RUN"], pgdata, "pg_yezzey", "map")
     return sorted(f for f in os.listdir(data) if f.endswith(".json") and f.split("_")[1] == str(db_oid))
 
 
@@ -485,6 +486,116 @@ class Crashes(unittest.TestCase):
         self.assertEqual(maps_of_database(oid), [])
         q("SELECT * FROM yezzey_gc()")
         self.assertEqual(objects_in_store(), referenced_objects())
+
+
+class Standby(unittest.TestCase):
+    """A streaming standby made by pg_basebackup reads the primary's objects
+    and replays offload, load back and DROP DATABASE."""
+
+    PORT = int(ENV["PGPORT"]) + 1
+    DATA = "standby"
+
+    @classmethod
+    def standby_env(cls):
+        return ["env", f"YEZZEY_PGDATA={os.path.join(os.environ['YEZZEY_RUN'], cls.DATA)}",
+                f"YEZZEY_PGPORT={cls.PORT}", "bash"]
+
+    @classmethod
+    def setUpClass(cls):
+        sh(*PG, "init")
+        sh(*PG, "start")
+        q("CREATE EXTENSION yezzey")
+        make_table("in_backup", rows=40_000)
+        q("VACUUM (FREEZE) in_backup; SELECT * FROM yezzey_offload_relation('in_backup')")
+        restart()
+        checksum("in_backup")  # fills the primary's frame cache
+        r = sh(*PG, "standby", os.path.join(os.environ["YEZZEY_RUN"], cls.DATA), str(cls.PORT), check=False)
+        if r.returncode != 0:
+            raise AssertionError(f"pg_basebackup failed: {r.stderr}")
+        run = os.environ["YEZZEY_RUN"]
+        cls.cache_copied = [os.path.isdir(os.path.join(run, d, "pg_yezzey", "pgsql_tmp_cache"))
+                            for d in ("pgdata", cls.DATA)]
+        r = subprocess.run([*cls.standby_env(), *PG, "start"], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise AssertionError(f"standby did not start: {r.stderr}")
+
+    @classmethod
+    def tearDownClass(cls):
+        subprocess.run([*cls.standby_env(), *PG, "stop"], capture_output=True)
+        sh(*PG, "stop", check=False)
+
+    def restart_standby(self):
+        subprocess.run([*self.standby_env(), *PG, "stop"], check=True, capture_output=True)
+        subprocess.run(["rm", "-rf", os.path.join(os.environ["YEZZEY_RUN"], self.DATA, "pg_yezzey", "pgsql_tmp_cache")])
+        subprocess.run([*self.standby_env(), *PG, "start"], check=True, capture_output=True)
+
+    def sq(self, sql, db="postgres"):
+        return psql(sql, db, port=self.PORT).stdout.strip()
+
+    def checksum(self, table):
+        return self.sq(f"SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM {table} t")
+
+    def caught_up(self):
+        lsn = q("SELECT pg_current_wal_flush_lsn()")
+        for _ in range(300):
+            if self.sq(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'") == "t":
+                return
+            time.sleep(0.1)
+        raise AssertionError("the standby did not replay the primary's WAL within 30 s")
+
+    def standby_local_bytes(self, table):
+        path = q(f"SELECT pg_relation_filepath('{table}')")
+        st = os.stat(os.path.join(os.environ["YEZZEY_RUN"], self.DATA, path))
+        return st.st_blocks * 512, st.st_size
+
+    def test_standby_follows_offload_writes_and_load_back(self):
+        # The base backup carried map files and zero-filled holes, not the
+        # frame cache: the standby serves them from the primary's objects.
+        self.assertEqual(self.cache_copied, [True, False])
+        self.caught_up()
+        self.assertEqual(self.sq("SELECT state FROM yezzey_relation_status('in_backup')"), "offloaded")
+        self.assertEqual(self.checksum("in_backup"), checksum("in_backup"))
+
+        make_table("after_backup", rows=60_000)
+        q("VACUUM (FREEZE) after_backup; CHECKPOINT")
+        expect = checksum("after_backup")
+        q("SELECT * FROM yezzey_offload_relation('after_backup')")
+        self.caught_up()
+        self.assertEqual(self.sq("SELECT state FROM yezzey_relation_status('after_backup')"), "offloaded")
+        self.assertEqual(self.checksum("after_backup"), expect)
+        used, size = self.standby_local_bytes("after_backup")
+        self.assertLess(used, size // 4, "redo of the offload must punch the standby's local file")
+
+        q("UPDATE after_backup SET note = 'changed on the primary' WHERE id % 100 = 0")
+        self.caught_up()
+        self.assertEqual(self.checksum("after_backup"), checksum("after_backup"))
+        self.assertIn("25006", psql("SELECT * FROM yezzey_gc()", port=self.PORT, check=False).stderr)
+
+        q("SELECT * FROM yezzey_load_relation('after_backup')")
+        self.caught_up()
+        self.assertEqual(self.sq("SELECT state FROM yezzey_relation_status('after_backup')"), "local")
+        self.assertEqual(self.checksum("after_backup"), checksum("after_backup"))
+        # Load back reached the standby's own files through WAL: with the
+        # objects collected and the standby restarted (empty buffers and
+        # cache), its rows are still all there.
+        q("SELECT * FROM yezzey_gc()")
+        self.restart_standby()
+        self.caught_up()
+        self.assertEqual(self.checksum("after_backup"), checksum("after_backup"))
+        # A restartpoint (after a checkpoint record) writes replayed pages out.
+        q("CHECKPOINT")
+        self.caught_up()
+        self.sq("CHECKPOINT")
+        used, size = self.standby_local_bytes("after_backup")
+        self.assertGreater(used, size // 2)
+
+    def test_standby_forgets_maps_of_dropped_database(self):
+        oid = new_database("yz_standby_drop")
+        self.caught_up()
+        self.assertTrue(maps_of_database(oid, self.DATA))
+        q("DROP DATABASE yz_standby_drop")
+        self.caught_up()
+        self.assertEqual(maps_of_database(oid, self.DATA), [])
 
 
 class Faults(unittest.TestCase):

@@ -40,3 +40,16 @@ pub fn relation(oid: u32) -> Option<RelInfo> {
     })
     .unwrap_or_else(|e| error!("yezzey: catalog lookup failed: {e}"))
 }
+
+/// `pg_relation_size` of the main fork; read-only SPI, so it also works on
+/// a standby (a read-write SPI call there fails assigning a transaction id).
+pub fn relation_size(oid: u32) -> i64 {
+    Spi::connect(|c| {
+        c.select(&format!("SELECT pg_relation_size({oid})"), Some(1), &[])?
+            .first()
+            .get_one::<i64>()
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(0)
+}

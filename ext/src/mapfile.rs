@@ -352,6 +352,9 @@ pub extern "C-unwind" fn yezzey_map_load() {
             Ok(m) if m.evicted => {
                 for s in &m.segments {
                     map::put(&m.seg_info(s));
+                    if !s.written {
+                        repunch(&segment_path(m.spc, m.db, m.rel, m.fork, s.segno), s.blocks);
+                    }
                 }
             }
             Ok(m) => {
@@ -361,6 +364,27 @@ pub extern "C-unwind" fn yezzey_map_load() {
             }
             Err(e) => pgrx::warning!("yezzey: ignoring unreadable map file {e}"),
         }
+    }
+}
+
+/// Frees the remote range of a segment that holds data again although no
+/// block of it was written since the offload: a restored base backup or a
+/// new standby, whose copy read the holes as zeros. Safe because reads of an
+/// unwritten segment's remote range never look at the local file, and a
+/// write after the backup started comes back from WAL (redo writes it
+/// through the storage manager, which marks the segment written first).
+fn repunch(path: &Path, blocks: u32) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = fs::metadata(path) else {
+        return;
+    };
+    let tail = md.size().saturating_sub(blocks as u64 * BLCKSZ);
+    // Allocation beyond the local tail (plus extent metadata) means data.
+    if md.blocks() * 512 <= tail + 64 * 1024 {
+        return;
+    }
+    if let Err(e) = punch(path, blocks) {
+        pgrx::warning!("yezzey: could not free {}: {e}", path.display());
     }
 }
 

@@ -17,10 +17,11 @@
 //! published before any hole exists, and the read path consults the map
 //! after reading the local file.
 //!
-//! Load back fills every hole from the objects (writing the local files and
-//! fsyncing them), then WAL-logs FORGET and drops the map; a crash in
-//! between leaves a relation whose local blocks win, and loading again
-//! finishes the job.
+//! Load back rewrites every remote block through the buffer manager as a
+//! WAL-logged full page (so standbys and crash recovery get the data too,
+//! not only this server's files), flushes and fsyncs, then WAL-logs FORGET
+//! and drops the map; a crash in between leaves a relation whose local
+//! blocks win, and loading again finishes the job.
 //!
 //! What is offloaded: the main fork of the relation, its TOAST table and
 //! TOAST index, and (unless `with_indexes => false`) its indexes. The free
@@ -34,8 +35,7 @@ use crate::settings;
 use crate::wal;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::fs::File;
 use std::time::Instant;
 use yezzey_smgr_shim::map;
 use yezzey_storage::format::new_object_id;
@@ -418,90 +418,61 @@ fn yezzey_offload_relation(
     TableIterator::new(rows)
 }
 
-fn is_zero(b: &[u8]) -> bool {
-    b.iter().all(|&x| x == 0)
-}
-
+/// Rewrites every block of the remote ranges through the buffer manager:
+/// read (from the object), mark dirty and WAL-log as a full page, so the
+/// local files, crash recovery and standbys all get the data. The writes go
+/// through the storage manager, which marks each segment written before its
+/// first block lands. Returns the number of blocks rewritten.
 fn load_one(t: &Target) -> i64 {
-    let storage = settings::storage();
     let Some(m) = mapfile::read(t.spc, t.db, t.rel, MAIN_FORK) else {
         return 0;
     };
-    flush(t);
-    let chunk_blocks = 128u32;
-    let mut filled = 0i64;
-    for s in &m.segments {
-        let path = mapfile::segment_path(t.spc, t.db, t.rel, MAIN_FORK, s.segno);
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap_or_else(|e| {
-                errors::report(
-                    yezzey_storage::Error::io(&path, e),
-                    &format!("cannot load \"{}\"", t.name),
-                )
-            });
-        let name = m.object_name(s).relative();
-        let mut local = vec![0u8; (chunk_blocks as u64 * BLCKSZ) as usize];
-        let mut remote = vec![0u8; local.len()];
-        let mut b = 0u32;
-        while b < s.blocks {
-            let n = chunk_blocks.min(s.blocks - b);
-            let len = (n as u64 * BLCKSZ) as usize;
-            let off = b as u64 * BLCKSZ;
-            f.read_exact_at(&mut local[..len], off).unwrap_or_else(|e| {
-                errors::report(
-                    yezzey_storage::Error::io(&path, e),
-                    &format!("cannot load \"{}\"", t.name),
-                )
-            });
-            if local[..len].chunks(BLCKSZ as usize).any(is_zero) {
-                if let Err(e) = storage.reader.read_blocking(&name, off, &mut remote[..len]) {
-                    errors::report(
-                        e,
-                        &format!(
-                            "could not load segment {} of \"{}\" from {}",
-                            s.segno, t.name, storage.describe
-                        ),
-                    );
-                }
-                for (i, blk) in local[..len].chunks(BLCKSZ as usize).enumerate() {
-                    if is_zero(blk) {
-                        let o = i * BLCKSZ as usize;
-                        f.write_all_at(&remote[o..o + BLCKSZ as usize], off + o as u64)
-                            .unwrap_or_else(|e| {
-                                errors::report(
-                                    yezzey_storage::Error::io(&path, e),
-                                    &format!("cannot load \"{}\" (disk full?)", t.name),
-                                )
-                            });
-                        filled += 1;
-                    }
-                }
+    // Heap pages keep pd_lower/pd_upper exact; for other kinds log the whole page.
+    let page_std = matches!(t.relkind.as_str(), "r" | "m" | "t");
+    let per_segment = map::blocks_per_segment();
+    let mut loaded = 0i64;
+    // SAFETY: the relation is locked by us; the standard pattern of
+    // log_newpage_range(): buffer lock, critical section, dirty, log.
+    unsafe {
+        let rel = pg_sys::relation_open(t.oid.into(), pg_sys::NoLock as i32);
+        let strategy = pg_sys::GetAccessStrategy(pg_sys::BufferAccessStrategyType::BAS_BULKWRITE);
+        for s in &m.segments {
+            let first = s.segno * per_segment;
+            for blkno in first..first + s.blocks {
+                pgrx::check_for_interrupts!();
+                let buf = pg_sys::ReadBufferExtended(
+                    rel,
+                    pg_sys::ForkNumber::MAIN_FORKNUM,
+                    blkno,
+                    pg_sys::ReadBufferMode::RBM_NORMAL,
+                    strategy,
+                );
+                pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32);
+                pg_sys::CritSectionCount += 1;
+                pg_sys::MarkBufferDirty(buf);
+                pg_sys::log_newpage_buffer(buf, page_std);
+                pg_sys::CritSectionCount -= 1;
+                pg_sys::UnlockReleaseBuffer(buf);
             }
-            b += n;
+            loaded += s.blocks as i64;
+            notice!(
+                "yezzey: loaded \"{}\" segment {} back ({:.1} MB)",
+                t.name,
+                s.segno,
+                mb(s.raw_len)
+            );
         }
-        f.sync_all().unwrap_or_else(|e| {
-            errors::report(
-                yezzey_storage::Error::io(&path, e),
-                &format!("cannot load \"{}\"", t.name),
-            )
-        });
-        notice!(
-            "yezzey: loaded \"{}\" segment {} back ({:.1} MB)",
-            t.name,
-            s.segno,
-            mb(s.raw_len)
-        );
+        pg_sys::FreeAccessStrategy(strategy);
+        pg_sys::relation_close(rel, pg_sys::NoLock as i32);
     }
+    flush(t);
     fault::point("after_fill");
     wal::log_forget(t.spc, t.db, t.rel, MAIN_FORK);
     fault::point("after_forget");
     if let Err(e) = mapfile::apply_forget(t.spc, t.db, t.rel, MAIN_FORK) {
         error!("yezzey: could not remove the map of \"{}\": {e}", t.name);
     }
-    filled
+    loaded
 }
 
 /// Brings an offloaded relation's data back to local disk and makes it

@@ -59,10 +59,7 @@ fn yezzey_relation_status(
             "relation has no storage"
         );
     };
-    let logical = Spi::get_one::<i64>(&format!("SELECT pg_relation_size({})", rel.to_u32()))
-        .ok()
-        .flatten()
-        .unwrap_or(0);
+    let logical = crate::catalog::relation_size(rel.to_u32());
     let local = local_bytes(spc, db, relnum, 0);
     let row = match mapfile::read(spc, db, relnum, 0) {
         None => ("local".to_string(), 0, logical, local, 0, 0, None, None),
