@@ -136,7 +136,9 @@ unsafe fn check_movedb(stmt: *mut pg_sys::AlterDatabaseStmt) {
     if !moves {
         return;
     }
-    let name = CStr::from_ptr((*stmt).dbname).to_string_lossy().into_owned();
+    let name = CStr::from_ptr((*stmt).dbname)
+        .to_string_lossy()
+        .into_owned();
     if let Some(db) = database_oid((*stmt).dbname) {
         refuse_if_offloaded(
             db,
@@ -158,7 +160,9 @@ fn refuse_if_offloaded(db: u32, name: &str, detail: &str, hint: &str) {
             "database \"{name}\" has {} offloaded relation file(s)",
             forks.len()
         ),
-        format!("{detail} Its offloaded relations are listed in its yezzey_offloaded_relations view."),
+        format!(
+            "{detail} Its offloaded relations are listed in its yezzey_offloaded_relations view."
+        ),
         hint,
     );
 }
