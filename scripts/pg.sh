@@ -6,7 +6,8 @@
 #   pg.sh crash                kill -9 the postmaster (crash-recovery tests)
 #   pg.sh env                  print PG* variables for psql
 #   pg.sh standby DIR PORT     base-back up the running cluster into DIR as a
-#                              streaming standby on PORT (start it with
+#                              streaming standby on PORT, with a physical
+#                              replication slot yz_<basename DIR> (start it with
 #                              YEZZEY_PGDATA=DIR YEZZEY_PGPORT=PORT pg.sh start)
 source "$(dirname "$0")/common.sh"
 
@@ -54,6 +55,8 @@ yezzey.s3_region = '$YEZZEY_S3_REGION'
 yezzey.s3_access_key_id = '$AWS_ACCESS_KEY_ID'
 yezzey.s3_secret_access_key = '$AWS_SECRET_ACCESS_KEY'
 yezzey.key_file = '$key'
+# No backups of this cluster to protect: collect retired objects at once.
+yezzey.gc_retention = 0
 CONF
     fi
 }
@@ -80,7 +83,9 @@ crash() {
 standby() {
     local dir=$1 port=$2
     rm -rf "$dir"
-    as_pg "$BIN/pg_basebackup" -h "$SOCKDIR" -p "$PGPORT" -U postgres -D "$dir" -R -X stream -c fast
+    # With a physical slot, so the primary (and yezzey_gc) knows how far it got.
+    as_pg "$BIN/pg_basebackup" -h "$SOCKDIR" -p "$PGPORT" -U postgres -D "$dir" -R -X stream -c fast \
+        -C -S "yz_$(basename "$dir")"
     # The copied configuration names the primary's port.
     echo "port = $port" | as_pg tee -a "$dir/postgresql.conf" >/dev/null
 }

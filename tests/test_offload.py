@@ -122,6 +122,17 @@ def new_database(name):
     return q(f"SELECT oid FROM pg_database WHERE datname = '{name}'")
 
 
+def object_id(name):
+    """The object id in an object name (<fork>.<segno>.<id>.yz)."""
+    return name.rsplit("/", 1)[-1].split(".")[2]
+
+
+def retired_ids():
+    """Object ids with a record in pg_yezzey/retired/."""
+    d = os.path.join(os.environ["YEZZEY_RUN"], "pgdata", "pg_yezzey", "retired")
+    return {f[:-5] for f in os.listdir(d) if f.endswith(".json")} if os.path.isdir(d) else set()
+
+
 def map_segments(relfilenode):
     """The local-write flag of each segment in a relation's map file."""
     import json
@@ -387,6 +398,24 @@ INSERT INTO events SELECT g, date '2023-01-01' + (g % 700), md5(g::text) FROM ge
         self.assertLess(len(referenced_objects()), len(names))
         self.assertEqual(objects_in_store(), referenced_objects())
 
+    def test_gc_keeps_retired_objects_for_retention(self):
+        """Objects whose last reference was dropped stay for
+        yezzey.gc_retention (backups, PITR), then GC deletes them."""
+        make_table("ret", rows=20_000)
+        q("VACUUM (FREEZE) ret; SELECT * FROM yezzey_offload_relation('ret')")
+        before = referenced_objects()
+        q("SELECT * FROM yezzey_load_relation('ret')")
+        gone = before - referenced_objects()
+        self.assertTrue(gone)
+        self.assertTrue(retired_ids() >= {object_id(n) for n in gone})
+        r = psql("SET yezzey.gc_retention = '1h'; SELECT held_objects FROM yezzey_gc()")
+        self.assertGreaterEqual(int(r.stdout.strip()), len(gone))
+        self.assertIn("yezzey.gc_retention", r.stderr)
+        self.assertTrue(gone <= objects_in_store(), "GC deleted objects within the retention period")
+        q("SELECT * FROM yezzey_gc()")  # this cluster's setting: 0
+        self.assertEqual(gone & objects_in_store(), set())
+        self.assertEqual(retired_ids() & {object_id(n) for n in gone}, set())
+
     def test_bad_input(self):
         self.assertIn("42P01", error_of("SELECT yezzey_offload_relation('no_such_table')"))
         e = error_of("SELECT yezzey_offload_relation('pg_class')")
@@ -588,6 +617,31 @@ class Standby(unittest.TestCase):
         self.sq("CHECKPOINT")
         used, size = self.standby_local_bytes("after_backup")
         self.assertGreater(used, size // 2)
+
+    def test_gc_waits_for_a_stopped_standby(self):
+        """Objects dropped while the standby is down are kept (its slot is
+        behind the drop) and deleted once it has replayed the drop."""
+        make_table("gc_wait", rows=20_000)
+        q("VACUUM (FREEZE) gc_wait; SELECT * FROM yezzey_offload_relation('gc_wait')")
+        self.caught_up()
+        before = referenced_objects()
+        subprocess.run([*self.standby_env(), *PG, "stop"], check=True, capture_output=True)
+        try:
+            q("DROP TABLE gc_wait; CHECKPOINT")
+            gone = before - referenced_objects()
+            self.assertTrue(gone)
+            held = int(q("SELECT held_objects FROM yezzey_gc()"))
+            self.assertGreaterEqual(held, len(gone))
+            self.assertTrue(gone <= objects_in_store(), "GC deleted objects a stopped standby still needs")
+        finally:
+            subprocess.run([*self.standby_env(), *PG, "start"], check=True, capture_output=True)
+        self.caught_up()
+        for _ in range(100):
+            q("SELECT * FROM yezzey_gc()")
+            if not gone & objects_in_store():
+                break
+            time.sleep(0.3)
+        self.assertEqual(gone & objects_in_store(), set(), "GC kept the objects after the standby caught up")
 
     def test_standby_forgets_maps_of_dropped_database(self):
         oid = new_database("yz_standby_drop")

@@ -14,6 +14,7 @@ mod init;
 mod mapfile;
 mod offload;
 mod remote;
+mod retired;
 mod settings;
 mod stats;
 mod status;

@@ -130,7 +130,7 @@ fn intent_dir() -> PathBuf {
 }
 
 /// Writes a file atomically and durably: temp file, fsync, rename, fsync dir.
-fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let mut f = File::create(&tmp)?;
@@ -172,9 +172,11 @@ fn map_lock() -> io::Result<File> {
 
 /// Makes a map say what the shared map (which the I/O path updates first)
 /// says: each segment's remote length and local-write flag; segments it no
-/// longer has are dropped. Call holding `map_lock`.
-fn refresh_from_shared(m: &mut ForkMap) {
+/// longer has (truncated or dropped) are dropped and their objects recorded
+/// as retired. Call holding `map_lock`.
+fn refresh_from_shared(m: &mut ForkMap) -> io::Result<()> {
     let (spc, db, rel, fork) = (m.spc, m.db, m.rel, m.fork);
+    let mut gone = Vec::new();
     m.segments
         .retain_mut(|s| match map::get(spc, db, rel, fork, s.segno) {
             Some(seg) => {
@@ -182,14 +184,18 @@ fn refresh_from_shared(m: &mut ForkMap) {
                 s.written = seg.written;
                 true
             }
-            None => false,
+            None => {
+                gone.push(s.clone());
+                false
+            }
         });
+    crate::retired::record(m, &gone)
 }
 
 /// Writes a map as the shared map has it.
 fn write_from_shared(m: &mut ForkMap) -> io::Result<()> {
     let _lock = map_lock()?;
-    refresh_from_shared(m);
+    refresh_from_shared(m)?;
     write(m)
 }
 
@@ -334,9 +340,14 @@ pub fn apply_offload(m: &ForkMap) -> io::Result<()> {
     write_from_shared(&mut m)
 }
 
-/// Undoes an offload's bookkeeping once the data is local again.
+/// Undoes an offload's bookkeeping once the data is local again (or gone);
+/// its objects are retired.
 pub fn apply_forget(spc: u32, db: u32, rel: u32, fork: i32) -> io::Result<()> {
     map::remove(spc, db, rel, fork);
+    let _lock = map_lock()?;
+    if let Some(m) = read(spc, db, rel, fork) {
+        crate::retired::record(&m, &m.segments)?;
+    }
     remove(spc, db, rel, fork)
 }
 
@@ -404,7 +415,7 @@ pub extern "C-unwind" fn yezzey_map_persist(spc: u32, db: u32, rel: u32, fork: i
             let Some(mut m) = read(spc, db, rel, f) else {
                 continue;
             };
-            refresh_from_shared(&mut m);
+            refresh_from_shared(&mut m)?;
             if m.segments.is_empty() {
                 remove(spc, db, rel, f)?;
             } else {

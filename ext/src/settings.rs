@@ -35,6 +35,7 @@ pub static TIMEOUT_S: GucSetting<i32> = GucSetting::<i32>::new(30);
 pub static FRAME_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
 pub static ZSTD_LEVEL: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static CONTENT_ID: GucSetting<i32> = GucSetting::<i32>::new(-1);
+pub static GC_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
 pub static FAULT_INJECTION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// Bumped by every assignment of a storage setting, so that `storage()`
@@ -209,6 +210,16 @@ pub fn define() {
         GucContext::Postmaster,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"yezzey.gc_retention",
+        c"How long yezzey_gc() keeps an object after the last reference to it was dropped.",
+        c"Covers base backups and point-in-time recovery targets from before the drop; set it to your backup retention.",
+        &GC_RETENTION_S,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
     GucRegistry::define_string_guc(
         c"yezzey.fault_injection",
         c"Testing only: the name of an offload/load step at which to crash the server.",
@@ -381,6 +392,11 @@ fn build(cfg: &Config) -> yezzey_storage::Result<Storage> {
 /// The Greenplum content id of this server (-1 for PostgreSQL).
 pub fn content_id() -> i32 {
     CONTENT_ID.get()
+}
+
+/// Seconds `yezzey_gc()` keeps a retired object.
+pub fn gc_retention() -> i64 {
+    GC_RETENTION_S.get() as i64
 }
 
 /// The fault-injection point that is armed, if any.

@@ -1,10 +1,12 @@
 //! What is offloaded, what it costs, and garbage collection.
 use crate::mapfile::{self, BLCKSZ};
+use crate::retired;
 use crate::settings;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use yezzey_storage::runtime::block_on;
 use yezzey_storage::store::ObjectStore;
 
@@ -158,13 +160,34 @@ fn database_exists(db: u32) -> bool {
     }
 }
 
+/// The oldest WAL position a standby may still need: physical slots'
+/// restart_lsn and connected standbys' replay_lsn (0 when one has not
+/// reported yet). None when there are no standbys to wait for.
+fn standby_horizon() -> Option<u64> {
+    Spi::connect(|c| {
+        c.select(
+            "SELECT (min(lsn) - '0/0'::pg_lsn)::bigint FROM (
+                 SELECT restart_lsn AS lsn FROM pg_replication_slots
+                  WHERE slot_type = 'physical' AND restart_lsn IS NOT NULL
+                 UNION ALL
+                 SELECT coalesce(replay_lsn, '0/0') FROM pg_stat_replication) s",
+            Some(1),
+            &[],
+        )?
+        .first()
+        .get_one::<i64>()
+    })
+    .unwrap_or_else(|e| error!("yezzey: cannot read replication state: {e}"))
+    .map(|l| l as u64)
+}
+
 /// Deletes objects that nothing references: not the map of any relation of
-/// this cluster (all databases), and not an upload still in progress. Maps
-/// of databases that no longer exist (dropped by a server without yezzey's
-/// DROP DATABASE hook, or a crash in between) are forgotten first. Safe to
-/// run at any time. Objects still needed by a lagging standby or a kept
-/// backup whose map differs from this server's are NOT protected yet: run
-/// it only when standbys have caught up.
+/// this cluster (all databases), and not an upload still in progress. An
+/// object whose last reference was dropped (a retired object) is kept
+/// until every standby has replayed past the drop and
+/// `yezzey.gc_retention` has passed, for backups and PITR. Maps of
+/// databases that no longer exist (dropped while yezzey was not loaded) are
+/// forgotten first. Safe to run at any time.
 #[pg_extern(volatile, parallel_unsafe)]
 fn yezzey_gc(
     dry_run: default!(bool, false),
@@ -174,6 +197,7 @@ fn yezzey_gc(
         name!(deleted_objects, i64),
         name!(deleted_bytes, i64),
         name!(kept_objects, i64),
+        name!(held_objects, i64),
     ),
 > {
     crate::errors::require_superuser("run yezzey_gc");
@@ -187,25 +211,24 @@ fn yezzey_gc(
     }
     let storage = settings::storage();
     let mut keep: HashSet<String> = HashSet::new();
-    let mut dead_dbs = std::collections::BTreeSet::new();
+    let mut dead_maps = Vec::new();
     // Maps first, then the catalog: a map's database committed before the
     // map was written, so it is visible to the later lookup unless dropped.
     for m in mapfile::read_all() {
         match m {
-            Ok(m) if !database_exists(m.db) => {
-                dead_dbs.insert(m.db);
-            }
+            Ok(m) if !database_exists(m.db) => dead_maps.push(m),
             Ok(m) => keep.extend(m.segments.iter().map(|s| m.object_name(s).relative())),
             Err(e) => {
                 error!("yezzey: refusing to collect garbage with an unreadable map file: {e}")
             }
         }
     }
-    if !dry_run {
-        for db in dead_dbs {
-            let n = crate::utility::forget_database(db);
-            notice!("yezzey: forgot {n} map(s) of database {db}, which no longer exists");
-        }
+    let mut dead_dbs: Vec<u32> = dead_maps.iter().map(|m| m.db).collect();
+    dead_dbs.sort_unstable();
+    dead_dbs.dedup();
+    for db in dead_dbs.iter().filter(|_| !dry_run) {
+        let n = crate::utility::forget_database(*db);
+        notice!("yezzey: forgot {n} map(s) of database {db}, which no longer exists");
     }
     let mut stale_intents = Vec::new();
     for (path, intent, alive) in mapfile::intents() {
@@ -215,6 +238,28 @@ fn yezzey_gc(
             stale_intents.push(path);
         }
     }
+    let mut retired: HashMap<String, (Option<PathBuf>, retired::Retired)> = retired::all()
+        .into_iter()
+        .map(|(p, r)| (r.name.clone(), (Some(p), r)))
+        .collect();
+    if dry_run {
+        // What forgetting the dead maps would record.
+        let (lsn, at) = (retired::current_lsn(), retired::now());
+        for m in &dead_maps {
+            for s in &m.segments {
+                let name = m.object_name(s).relative();
+                let r = retired::Retired {
+                    name: name.clone(),
+                    lsn,
+                    at,
+                };
+                retired.insert(name, (None, r));
+            }
+        }
+    }
+    let horizon = standby_horizon();
+    let retention = settings::gc_retention();
+    let now = retired::now();
     // SAFETY: pg_control's system identifier.
     let prefix = format!(
         "{}/seg{}/",
@@ -224,14 +269,31 @@ fn yezzey_gc(
     let listed = block_on(storage.store.list(&prefix))
         .unwrap_or_else(|e| crate::errors::report(e, "yezzey_gc cannot list objects"));
     let (mut deleted, mut bytes, mut kept) = (0i64, 0i64, 0i64);
+    let (mut for_standby, mut for_retention, mut held_bytes) = (0i64, 0i64, 0u64);
+    let mut listed_names = HashSet::new();
     for o in listed {
+        listed_names.insert(o.name.clone());
         if keep.contains(&o.name) || !o.name.ends_with(".yz") {
             kept += 1;
             continue;
         }
+        let record = retired.get(&o.name);
+        if let Some((_, r)) = record {
+            let standby_behind = horizon.is_some_and(|h| h < r.lsn);
+            let too_recent = now - r.at < retention;
+            if standby_behind || too_recent {
+                for_standby += standby_behind as i64;
+                for_retention += (!standby_behind) as i64;
+                held_bytes += o.size;
+                continue;
+            }
+        }
         if !dry_run {
             block_on(storage.store.delete(&o.name))
                 .unwrap_or_else(|e| crate::errors::report(e, "yezzey_gc cannot delete"));
+            if let Some((Some(p), _)) = record {
+                let _ = std::fs::remove_file(p);
+            }
         }
         deleted += 1;
         bytes += o.size as i64;
@@ -240,8 +302,27 @@ fn yezzey_gc(
         for p in stale_intents {
             let _ = std::fs::remove_file(p);
         }
+        // Records of objects that are gone from the store.
+        for (name, (path, _)) in &retired {
+            if let Some(p) = path.as_ref().filter(|_| !listed_names.contains(name)) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
     }
-    TableIterator::once((deleted, bytes, kept))
+    let held = for_standby + for_retention;
+    if held > 0 {
+        crate::errors::notice(
+            format!(
+                "yezzey: kept {held} unreferenced object(s) ({:.1} MB) that a standby or a backup may still need",
+                held_bytes as f64 / (1024.0 * 1024.0)
+            ),
+            format!(
+                "{for_standby} wait for a standby (or physical replication slot) to pass the WAL position at which they were dropped; {for_retention} were dropped less than yezzey.gc_retention ({retention} s) ago."
+            ),
+            "A later yezzey_gc() deletes them once that has passed; drop replication slots that are no longer used.",
+        );
+    }
+    TableIterator::once((deleted, bytes, kept, held))
 }
 
 /// Empties the local frame cache (every process's reads fetch from the
