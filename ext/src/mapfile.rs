@@ -439,6 +439,14 @@ pub struct Intent {
     pub boot: i64,
 }
 
+/// Seconds since the Unix epoch (offload and retirement times).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 pub fn postmaster_start() -> i64 {
     // SAFETY: a plain global set at postmaster start.
     unsafe { pgrx::pg_sys::PgStartTime }

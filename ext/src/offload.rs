@@ -344,10 +344,7 @@ fn offload_one(t: &Target) -> Offloaded {
         db: t.db,
         rel: t.rel,
         fork: MAIN_FORK,
-        offloaded_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64,
+        offloaded_at: mapfile::unix_now(),
         lsn: 0,
         evicted: false,
         segments: metas,

@@ -47,7 +47,7 @@ pub fn record(m: &ForkMap, segments: &[SegmentMeta]) -> io::Result<()> {
     if segments.is_empty() {
         return Ok(());
     }
-    let (lsn, at) = (current_lsn(), now());
+    let (lsn, at) = (current_lsn(), mapfile::unix_now());
     for s in segments {
         let r = Retired {
             name: m.object_name(s).relative(),
@@ -75,12 +75,4 @@ pub fn all() -> Vec<(PathBuf, Retired)> {
             Some((p, r))
         })
         .collect()
-}
-
-/// Seconds since the Unix epoch.
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }

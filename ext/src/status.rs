@@ -244,7 +244,7 @@ fn yezzey_gc(
         .collect();
     if dry_run {
         // What forgetting the dead maps would record.
-        let (lsn, at) = (retired::current_lsn(), retired::now());
+        let (lsn, at) = (retired::current_lsn(), mapfile::unix_now());
         for m in &dead_maps {
             for s in &m.segments {
                 let name = m.object_name(s).relative();
@@ -259,7 +259,7 @@ fn yezzey_gc(
     }
     let horizon = standby_horizon();
     let retention = settings::gc_retention();
-    let now = retired::now();
+    let now = mapfile::unix_now();
     // SAFETY: pg_control's system identifier.
     let prefix = format!(
         "{}/seg{}/",
