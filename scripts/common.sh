@@ -25,7 +25,9 @@ PG_CONFIG=$PG_PREFIX/bin/pg_config
 
 # Runtime state of the demo/test servers (data directories, logs, Garage).
 YZ_RUN=${YEZZEY_RUN:-$YZ_CACHE/run}
-PGPORT=${YEZZEY_PGPORT:-54317}
+# Below Linux's ephemeral range (32768-60999): a server restarted while
+# many client connections come and go must not find its port taken by one.
+PGPORT=${YEZZEY_PGPORT:-25417}
 GARAGE_S3_PORT=${YEZZEY_GARAGE_S3_PORT:-39000}
 GARAGE_RPC_PORT=${YEZZEY_GARAGE_RPC_PORT:-39001}
 GARAGE_ADMIN_PORT=${YEZZEY_GARAGE_ADMIN_PORT:-39003}

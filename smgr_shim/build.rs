@@ -43,10 +43,12 @@ fn main() {
     println!("cargo:rerun-if-changed=src/yezzey_smgr.c");
     println!("cargo:rerun-if-changed=src/yezzey_smgr.h");
     println!("cargo:rerun-if-changed=src/yezzey_map.c");
+    println!("cargo:rerun-if-changed=src/yezzey_utility.c");
 
     cc::Build::new()
         .file("src/yezzey_smgr.c")
         .file("src/yezzey_map.c")
+        .file("src/yezzey_utility.c")
         .include(&include)
         .include("src")
         .flag_if_supported("-Wno-unused-parameter")

@@ -521,7 +521,7 @@ class Standby(unittest.TestCase):
     """A streaming standby made by pg_basebackup reads the primary's objects
     and replays offload, load back and DROP DATABASE."""
 
-    PORT = int(ENV["PGPORT"]) + 1
+    PORT = int(ENV["PGPORT"]) + 1  # the test cluster's port is below the ephemeral range
     DATA = "standby"
 
     @classmethod

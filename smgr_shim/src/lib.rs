@@ -22,6 +22,15 @@ pub unsafe fn install() -> i32 {
     ffi::yz_smgr_install()
 }
 
+/// Installs the ProcessUtility hook for database-level commands
+/// (`yezzey_utility.c`).
+///
+/// # Safety
+/// Must be called once from `_PG_init`.
+pub unsafe fn install_utility_hook() {
+    ffi::yz_utility_install()
+}
+
 /// One storage-manager entry point and how often this backend called it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallCount {

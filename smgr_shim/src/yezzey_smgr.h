@@ -124,5 +124,14 @@ extern void yezzey_remote_prefetch(const YzSegInfo *seg, uint32_t first, uint32_
 extern void yezzey_map_persist(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork);
 /* Loads the durable map into shared memory (postmaster start and restart). */
 extern void yezzey_map_load(void);
+/* ERRORs if database `db` (InvalidOid: none) has offloaded relations, which
+ * CREATE DATABASE ... FILE_COPY (is_move false) or ALTER DATABASE ... SET
+ * TABLESPACE (is_move true) would copy as files. */
+extern void yezzey_refuse_database_copy(uint32_t db, const char *name, bool is_move);
+/* Forgets the maps of a database DROP DATABASE has just removed. */
+extern void yezzey_forget_dropped_database(uint32_t db);
+
+/* Installs the ProcessUtility hook of yezzey_utility.c (from _PG_init). */
+extern void yz_utility_install(void);
 
 #endif							/* YEZZEY_SMGR_H */
