@@ -643,6 +643,46 @@ class Standby(unittest.TestCase):
             time.sleep(0.3)
         self.assertEqual(gone & objects_in_store(), set(), "GC kept the objects after the standby caught up")
 
+    def test_restored_backup_reads_objects_kept_by_retention(self):
+        """A base backup taken while a table was offloaded, restored after
+        the primary loaded it back and ran GC, still reads the table: the
+        objects are shared, and yezzey.gc_retention kept them."""
+        make_table("bk", rows=20_000)
+        q("VACUUM (FREEZE) bk; SELECT * FROM yezzey_offload_relation('bk')")
+        expect = checksum("bk")
+        run = os.environ["YEZZEY_RUN"]
+        backup, port = os.path.join(run, "backup"), self.PORT + 1
+        r = sh(*PG, "standby", backup, str(port), check=False)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # A restore, not a standby: no signal file, and no slot holding GC.
+        os.remove(os.path.join(backup, "standby.signal"))
+        q("SELECT pg_drop_replication_slot('yz_backup')")
+        before = referenced_objects()
+        q("SELECT * FROM yezzey_load_relation('bk')")
+        gone = before - referenced_objects()
+        self.assertTrue(gone)
+        # Once the standby has replayed the load back, only the retention
+        # period keeps the objects.
+        self.caught_up()
+        for _ in range(100):
+            r = psql("SET yezzey.gc_retention = '1h'; SELECT * FROM yezzey_gc()")
+            if "DETAIL:  0 wait for a standby" in r.stderr:
+                break
+            time.sleep(0.3)
+        self.assertIn("DETAIL:  0 wait for a standby", r.stderr)
+        self.assertTrue(gone <= objects_in_store())
+        env = ["env", f"YEZZEY_PGDATA={backup}", f"YEZZEY_PGPORT={port}", "bash"]
+        r = subprocess.run([*env, *PG, "start"], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        try:
+            self.assertEqual(psql("SELECT state FROM yezzey_relation_status('bk')", port=port).stdout.strip(),
+                             "offloaded")
+            self.assertEqual(psql("SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM bk t",
+                                  port=port).stdout.strip(), expect)
+        finally:
+            subprocess.run([*env, *PG, "stop"], capture_output=True)
+            subprocess.run(["rm", "-rf", backup])
+
     def test_standby_forgets_maps_of_dropped_database(self):
         oid = new_database("yz_standby_drop")
         self.caught_up()
