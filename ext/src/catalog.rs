@@ -41,15 +41,17 @@ pub fn relation(oid: u32) -> Option<RelInfo> {
     .unwrap_or_else(|e| error!("yezzey: catalog lookup failed: {e}"))
 }
 
-/// `pg_relation_size` of the main fork; read-only SPI, so it also works on
-/// a standby (a read-write SPI call there fails assigning a transaction id).
+/// The first column of the first row of a query, as bigint; read-only
+/// SPI, so it also works on a standby (a read-write SPI call there fails
+/// assigning a transaction id).
+pub fn select_i64(query: &str) -> Result<Option<i64>, pgrx::spi::Error> {
+    Spi::connect(|c| c.select(query, Some(1), &[])?.first().get_one::<i64>())
+}
+
+/// `pg_relation_size` of the main fork (0 if it cannot be read).
 pub fn relation_size(oid: u32) -> i64 {
-    Spi::connect(|c| {
-        c.select(&format!("SELECT pg_relation_size({oid})"), Some(1), &[])?
-            .first()
-            .get_one::<i64>()
-    })
-    .ok()
-    .flatten()
-    .unwrap_or(0)
+    select_i64(&format!("SELECT pg_relation_size({oid})"))
+        .ok()
+        .flatten()
+        .unwrap_or(0)
 }

@@ -164,19 +164,13 @@ fn database_exists(db: u32) -> bool {
 /// restart_lsn and connected standbys' replay_lsn (0 when one has not
 /// reported yet). None when there are no standbys to wait for.
 fn standby_horizon() -> Option<u64> {
-    Spi::connect(|c| {
-        c.select(
-            "SELECT (min(lsn) - '0/0'::pg_lsn)::bigint FROM (
-                 SELECT restart_lsn AS lsn FROM pg_replication_slots
-                  WHERE slot_type = 'physical' AND restart_lsn IS NOT NULL
-                 UNION ALL
-                 SELECT coalesce(replay_lsn, '0/0') FROM pg_stat_replication) s",
-            Some(1),
-            &[],
-        )?
-        .first()
-        .get_one::<i64>()
-    })
+    crate::catalog::select_i64(
+        "SELECT (min(lsn) - '0/0'::pg_lsn)::bigint FROM (
+             SELECT restart_lsn AS lsn FROM pg_replication_slots
+              WHERE slot_type = 'physical' AND restart_lsn IS NOT NULL
+             UNION ALL
+             SELECT coalesce(replay_lsn, '0/0') FROM pg_stat_replication) s",
+    )
     .unwrap_or_else(|e| error!("yezzey: cannot read replication state: {e}"))
     .map(|l| l as u64)
 }
@@ -223,12 +217,15 @@ fn yezzey_gc(
             }
         }
     }
-    let mut dead_dbs: Vec<u32> = dead_maps.iter().map(|m| m.db).collect();
-    dead_dbs.sort_unstable();
-    dead_dbs.dedup();
-    for db in dead_dbs.iter().filter(|_| !dry_run) {
-        let n = crate::utility::forget_database(*db);
-        notice!("yezzey: forgot {n} map(s) of database {db}, which no longer exists");
+    if !dry_run && !dead_maps.is_empty() {
+        crate::utility::forget_maps(&dead_maps);
+        let mut dbs: Vec<u32> = dead_maps.iter().map(|m| m.db).collect();
+        dbs.sort_unstable();
+        dbs.dedup();
+        notice!(
+            "yezzey: forgot {} map(s) of databases that no longer exist (OIDs {dbs:?})",
+            dead_maps.len()
+        );
     }
     let mut stale_intents = Vec::new();
     for (path, intent, alive) in mapfile::intents() {

@@ -53,7 +53,7 @@ pub extern "C-unwind" fn yezzey_refuse_database_copy(db: u32, name: *const c_cha
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn yezzey_forget_dropped_database(db: u32) {
     crate::fault::point("after_dropdb");
-    forget_database(db);
+    forget_maps(&mapfile::forks_of_database(db));
 }
 
 fn refuse_if_offloaded(db: u32, name: &str, detail: &str, hint: &str) {
@@ -74,18 +74,17 @@ fn refuse_if_offloaded(db: u32, name: &str, detail: &str, hint: &str) {
     );
 }
 
-/// Forgets every map of a database whose files are gone (WAL-logged first,
-/// as load back does). Returns how many forks were forgotten.
-pub fn forget_database(db: u32) -> usize {
-    let forks = mapfile::forks_of_database(db);
-    for m in &forks {
+/// Forgets maps of a database whose files are gone (WAL-logged first, as
+/// load back does).
+pub fn forget_maps(maps: &[mapfile::ForkMap]) {
+    for m in maps {
         wal::log_forget(m.spc, m.db, m.rel, m.fork);
         if let Err(e) = mapfile::apply_forget(m.spc, m.db, m.rel, m.fork) {
             pgrx::warning!(
-                "yezzey: could not remove the map of relation file {} of dropped database {db}: {e}",
-                m.rel
+                "yezzey: could not remove the map of relation file {} of dropped database {}: {e}",
+                m.rel,
+                m.db
             );
         }
     }
-    forks.len()
 }
