@@ -43,8 +43,8 @@ def psql(sql, db="postgres", check=True, port=None):
     return r
 
 
-def q(sql, db="postgres"):
-    return psql(sql, db).stdout.strip()
+def q(sql, db="postgres", port=None):
+    return psql(sql, db, port=port).stdout.strip()
 
 
 def error_of(sql):
@@ -54,8 +54,14 @@ def error_of(sql):
     return r.stderr
 
 
-def checksum(table, order="id", db="postgres"):
-    return q(f"SELECT md5(string_agg(t::text, ',' ORDER BY {order})) FROM {table} t", db)
+def checksum(table, order="id", db="postgres", port=None):
+    return q(f"SELECT md5(string_agg(t::text, ',' ORDER BY {order})) FROM {table} t", db, port)
+
+
+def other_server(datadir, port, action):
+    """pg.sh ACTION for a second cluster (a standby or a restored backup)."""
+    return subprocess.run(["env", f"YEZZEY_PGDATA={datadir}", f"YEZZEY_PGPORT={port}", "bash", *PG, action],
+                          capture_output=True, text=True)
 
 
 def restart(wipe_cache=True):
@@ -525,9 +531,8 @@ class Standby(unittest.TestCase):
     DATA = "standby"
 
     @classmethod
-    def standby_env(cls):
-        return ["env", f"YEZZEY_PGDATA={os.path.join(os.environ['YEZZEY_RUN'], cls.DATA)}",
-                f"YEZZEY_PGPORT={cls.PORT}", "bash"]
+    def standby(cls, action):
+        return other_server(os.path.join(os.environ["YEZZEY_RUN"], cls.DATA), cls.PORT, action)
 
     @classmethod
     def setUpClass(cls):
@@ -544,25 +549,25 @@ class Standby(unittest.TestCase):
         run = os.environ["YEZZEY_RUN"]
         cls.cache_copied = [os.path.isdir(os.path.join(run, d, "pg_yezzey", "pgsql_tmp_cache"))
                             for d in ("pgdata", cls.DATA)]
-        r = subprocess.run([*cls.standby_env(), *PG, "start"], capture_output=True, text=True)
+        r = cls.standby("start")
         if r.returncode != 0:
             raise AssertionError(f"standby did not start: {r.stderr}")
 
     @classmethod
     def tearDownClass(cls):
-        subprocess.run([*cls.standby_env(), *PG, "stop"], capture_output=True)
+        cls.standby("stop")
         sh(*PG, "stop", check=False)
 
     def restart_standby(self):
-        subprocess.run([*self.standby_env(), *PG, "stop"], check=True, capture_output=True)
+        self.assertEqual(self.standby("stop").returncode, 0)
         subprocess.run(["rm", "-rf", os.path.join(os.environ["YEZZEY_RUN"], self.DATA, "pg_yezzey", "pgsql_tmp_cache")])
-        subprocess.run([*self.standby_env(), *PG, "start"], check=True, capture_output=True)
+        self.assertEqual(self.standby("start").returncode, 0)
 
     def sq(self, sql, db="postgres"):
-        return psql(sql, db, port=self.PORT).stdout.strip()
+        return q(sql, db, port=self.PORT)
 
     def checksum(self, table):
-        return self.sq(f"SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM {table} t")
+        return checksum(table, port=self.PORT)
 
     def caught_up(self):
         lsn = q("SELECT pg_current_wal_flush_lsn()")
@@ -625,7 +630,7 @@ class Standby(unittest.TestCase):
         q("VACUUM (FREEZE) gc_wait; SELECT * FROM yezzey_offload_relation('gc_wait')")
         self.caught_up()
         before = referenced_objects()
-        subprocess.run([*self.standby_env(), *PG, "stop"], check=True, capture_output=True)
+        self.assertEqual(self.standby("stop").returncode, 0)
         try:
             q("DROP TABLE gc_wait; CHECKPOINT")
             gone = before - referenced_objects()
@@ -634,7 +639,7 @@ class Standby(unittest.TestCase):
             self.assertGreaterEqual(held, len(gone))
             self.assertTrue(gone <= objects_in_store(), "GC deleted objects a stopped standby still needs")
         finally:
-            subprocess.run([*self.standby_env(), *PG, "start"], check=True, capture_output=True)
+            self.assertEqual(self.standby("start").returncode, 0)
         self.caught_up()
         for _ in range(100):
             q("SELECT * FROM yezzey_gc()")
@@ -671,16 +676,13 @@ class Standby(unittest.TestCase):
             time.sleep(0.3)
         self.assertIn("DETAIL:  0 wait for a standby", r.stderr)
         self.assertTrue(gone <= objects_in_store())
-        env = ["env", f"YEZZEY_PGDATA={backup}", f"YEZZEY_PGPORT={port}", "bash"]
-        r = subprocess.run([*env, *PG, "start"], capture_output=True, text=True)
+        r = other_server(backup, port, "start")
         self.assertEqual(r.returncode, 0, r.stderr)
         try:
-            self.assertEqual(psql("SELECT state FROM yezzey_relation_status('bk')", port=port).stdout.strip(),
-                             "offloaded")
-            self.assertEqual(psql("SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM bk t",
-                                  port=port).stdout.strip(), expect)
+            self.assertEqual(q("SELECT state FROM yezzey_relation_status('bk')", port=port), "offloaded")
+            self.assertEqual(checksum("bk", port=port), expect)
         finally:
-            subprocess.run([*env, *PG, "stop"], capture_output=True)
+            other_server(backup, port, "stop")
             subprocess.run(["rm", "-rf", backup])
 
     def test_standby_forgets_maps_of_dropped_database(self):
