@@ -2,13 +2,15 @@
 //! small in-memory frame LRU, and readahead.
 //!
 //! A read of raw bytes `[offset, offset+len)` of an object is served frame by
-//! frame: from the disk cache, else from memory, else from a fetch already in
+//! frame: from memory, else from the disk cache, else from a fetch already in
 //! flight, else by fetching it. A single random block costs one range GET of
 //! one frame. When an object is read sequentially (a frame following the last
-//! one read, or PostgreSQL's prefetch hints), the reader fetches a window of
-//! the next frames in the background, coalesced into range GETs of up to
-//! `max_get_bytes` (S3's guidance is 8–16 MiB per GET for throughput), so a
-//! scan is not one round trip per frame.
+//! one read, or PostgreSQL's prefetch hints), the reader fetches ahead in
+//! *groups*: the frames whose stored bytes start in one `group_bytes`-aligned
+//! span (S3's guidance is 8–16 MiB per GET), one range GET each, the current
+//! group's and the next. Groups are the same in every process, so the
+//! workers of a parallel scan fetch each group once and whole, instead of
+//! splitting windows between them into small GETs.
 //!
 //! Memory: in-flight fetches are bounded by `inflight_bytes` and decoded
 //! frames kept in memory by `memory_bytes`; with the defaults a process holds
@@ -30,8 +32,9 @@ use tokio::sync::{watch, Semaphore};
 pub struct ReadaheadConfig {
     /// Raw bytes to keep fetched ahead of a sequential reader; 0 disables readahead.
     pub window_bytes: u64,
-    /// Largest single range GET.
-    pub max_get_bytes: u64,
+    /// Span of stored bytes that readahead fetches with one range GET (a
+    /// group, see `RemoteReader::group`); S3's guidance is 8–16 MiB per GET.
+    pub group_bytes: u64,
     /// Bound on stored bytes being fetched at once.
     pub inflight_bytes: u64,
     /// Bound on decoded frames kept in memory.
@@ -45,7 +48,7 @@ impl Default for ReadaheadConfig {
     fn default() -> Self {
         ReadaheadConfig {
             window_bytes: 8 << 20,
-            max_get_bytes: 8 << 20,
+            group_bytes: 8 << 20,
             inflight_bytes: 24 << 20,
             memory_bytes: 16 << 20,
             peer_wait: std::time::Duration::from_secs(30),
@@ -136,6 +139,10 @@ pub struct RemoteReader(Arc<Inner>);
 /// The cache entry holding an object's length, index and trailer (frame
 /// numbers never reach it).
 const TAIL_ENTRY: u32 = u32::MAX;
+
+/// Most frames in one readahead group, so that readahead of data that
+/// compresses very well stays a bounded number of frames.
+const MAX_GROUP_FRAMES: u32 = 32;
 
 /// Largest forward jump (in frames) still treated as sequential access.
 const SEQ_GAP: u32 = 3;
@@ -373,18 +380,21 @@ impl RemoteReader {
         check: HitCheck,
     ) -> bool {
         let inner = &self.0;
+        // Memory first: a frame this process just decoded costs no system
+        // call there, and was verified when it was decoded.
+        let mem = inner.memory.lock().unwrap().get(&(name.clone(), frame));
+        if let Some(f) = mem {
+            inner.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+            scatter(&f[off..], bufs);
+            return true;
+        }
         if let Some(c) = &inner.cache {
             if c.read_blocks(name, frame, off, bufs, check) {
                 inner.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
                 return true;
             }
         }
-        let Some(f) = inner.memory.lock().unwrap().get(&(name.clone(), frame)) else {
-            return false;
-        };
-        inner.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
-        scatter(&f[off..], bufs);
-        true
+        false
     }
 
     /// Starts fetching the frames covering `[offset, offset+len)` in the
@@ -531,24 +541,42 @@ impl RemoteReader {
             (e.streak, e.known_to)
         };
         if streak >= 1 {
+            // Fetch whole groups, the window's and the next: one GET each,
+            // the same for every process, and far enough ahead that a
+            // group's GET and decoding overlap the reading of the one before.
+            let frames = layout.frames.len() as u32;
             let ahead = (cfg.window_bytes / layout.trailer.frame_size as u64).max(1) as u32;
-            let end = (frame + 1 + ahead).min(layout.frames.len() as u32);
+            let current = self.group(layout, frame);
+            let want_to = (frame + 1 + ahead.max(current.len() as u32)).min(frames);
             // Frames found cached or in flight by an earlier look are not
             // looked up again (on a warm scan each lookup is a stat()).
-            let from = (frame + 1).max(known);
-            let first_missing = (from..end).find(|&f| !self.have_or_inflight(name, f));
-            if let Some(e) = self.0.seq.lock().unwrap().get_mut(name) {
-                e.known_to = first_missing.unwrap_or(end);
-            }
-            // Refill only once half the window is consumed, so each refill is
-            // one GET of several frames rather than one GET per frame: the
-            // store's per-request cost dominates small GETs.
-            if let Some(first) = first_missing {
-                if first <= frame + 1 + ahead / 2 {
-                    self.spawn_fetch(name, layout, first, end, false, check);
+            let mut at = (frame + 1).max(known);
+            while at < want_to {
+                let g = self.group(layout, at);
+                if (at..g.end).any(|f| !self.have_or_inflight(name, f)) {
+                    self.spawn_fetch(name, layout, g.start.max(frame + 1), g.end, false, check);
                 }
+                at = g.end;
+            }
+            if let Some(e) = self.0.seq.lock().unwrap().get_mut(name) {
+                e.known_to = e.known_to.max(at);
             }
         }
+    }
+
+    /// The readahead group holding `frame`: the frames whose stored bytes
+    /// start in the same `group_bytes`-aligned span of the object, at most
+    /// `MAX_GROUP_FRAMES` of them. Every process agrees on it, so parallel
+    /// workers fetch a group whole instead of splitting it between them, and
+    /// a store that keeps objects in fixed blocks (Garage: 1 MiB) reads at
+    /// most one block beyond what a group's GET returns.
+    fn group(&self, layout: &ObjectLayout, frame: u32) -> std::ops::Range<u32> {
+        let span = self.0.cfg.group_bytes.max(1);
+        let k = layout.frames[frame as usize].offset / span;
+        let first = layout.frames.partition_point(|f| f.offset < k * span) as u32;
+        let end = layout.frames.partition_point(|f| f.offset < (k + 1) * span) as u32;
+        let start = first + (frame - first) / MAX_GROUP_FRAMES * MAX_GROUP_FRAMES;
+        start..end.min(start + MAX_GROUP_FRAMES)
     }
 
     fn have_or_inflight(&self, name: &Arc<str>, frame: u32) -> bool {
@@ -577,17 +605,21 @@ impl RemoteReader {
         let inner = &self.0;
         let mut started = Vec::new();
         let mut run: Vec<Fetch> = Vec::new();
-        let mut run_bytes = 0u64;
-        let flush = |run: &mut Vec<Fetch>, run_bytes: &mut u64| {
+        let flush = |run: &mut Vec<Fetch>| {
             if !run.is_empty() {
                 let this = self.clone();
                 let (name, layout, batch) = (name.clone(), layout.clone(), std::mem::take(run));
                 crate::runtime::runtime()
                     .spawn(async move { this.fetch_run(name, layout, batch, check).await });
-                *run_bytes = 0;
             }
         };
+        let mut group_end = first;
         for frame in first..end {
+            if frame >= group_end {
+                // A GET never crosses a group boundary.
+                flush(&mut run);
+                group_end = self.group(layout, frame).end;
+            }
             let key: FrameKey = (name.clone(), frame);
             let have = !force
                 && inner
@@ -598,7 +630,7 @@ impl RemoteReader {
             let mut inflight = inner.inflight.lock().unwrap();
             if have || inflight.contains_key(&key) {
                 drop(inflight);
-                flush(&mut run, &mut run_bytes);
+                flush(&mut run);
                 continue;
             }
             let (tx, rx) = watch::channel(None);
@@ -614,7 +646,7 @@ impl RemoteReader {
                 Claim::Unclaimed => None,
                 Claim::Theirs => {
                     // Another process (a parallel worker) is fetching it.
-                    flush(&mut run, &mut run_bytes);
+                    flush(&mut run);
                     let (this, name, layout) = (self.clone(), name.clone(), layout.clone());
                     crate::runtime::runtime().spawn(async move {
                         this.wait_for_peer(name, layout, frame, tx, check).await
@@ -622,14 +654,9 @@ impl RemoteReader {
                     continue;
                 }
             };
-            let bytes = layout.frames[frame as usize].stored_len as u64;
-            if run_bytes > 0 && run_bytes + bytes > inner.cfg.max_get_bytes {
-                flush(&mut run, &mut run_bytes);
-            }
             run.push((frame, tx, guard));
-            run_bytes += bytes;
         }
-        flush(&mut run, &mut run_bytes);
+        flush(&mut run);
         started
     }
 

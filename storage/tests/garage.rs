@@ -241,6 +241,49 @@ fn sequential_reads_prefetch_and_coalesce() {
     );
 }
 
+/// Readahead fetches whole groups (the frames whose stored bytes start in
+/// one aligned span, at most 32 of them) with one GET each: a sequential
+/// reader makes one GET per group besides its first two frames', and
+/// fetches no frame twice.
+#[test]
+fn readahead_fetches_whole_groups() {
+    let s = store("groups");
+    let keys = keyring();
+    let len = 96 * FRAME as usize;
+    let data = page_data(len, 13);
+    put(&s, "scan", &data, &keys);
+    let span = 128 * 1024;
+    let cfg = ReadaheadConfig {
+        group_bytes: span,
+        ..Default::default()
+    };
+    let r = RemoteReader::new(s.clone(), keys.clone(), CipherImpl::default(), None, cfg);
+    let layout = block_on(r.layout("scan")).unwrap();
+    let mut groups = 0;
+    let (mut span_of_group, mut in_group) = (u64::MAX, 0);
+    for f in &layout.frames {
+        if f.offset / span != span_of_group || in_group == 32 {
+            (groups, span_of_group, in_group) = (groups + 1, f.offset / span, 0);
+        }
+        in_group += 1;
+    }
+    assert!(groups >= 4, "{groups} groups: the test needs several");
+    let st = r.stats();
+    let before = st.gets.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(read_all(&r, "scan", len).unwrap(), data);
+    let gets = st.gets.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(
+        (groups..=groups + 2).contains(&gets),
+        "{gets} GETs for {groups} groups"
+    );
+    let fetched = st.frames_fetched.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        fetched,
+        layout.frames.len() as u64,
+        "a frame was fetched twice"
+    );
+}
+
 #[test]
 fn cache_serves_second_reader_without_gets() {
     let s = store("cache");
