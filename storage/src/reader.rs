@@ -613,11 +613,22 @@ impl RemoteReader {
                     .spawn(async move { this.fetch_run(name, layout, batch, check).await });
             }
         };
+        // Consecutive frames peers are fetching: one task waits for them in order.
+        let mut theirs: Vec<(u32, watch::Sender<Option<FrameResult>>)> = Vec::new();
+        let wait_peer = |theirs: &mut Vec<(u32, watch::Sender<Option<FrameResult>>)>| {
+            if !theirs.is_empty() {
+                let (this, name, layout) = (self.clone(), name.clone(), layout.clone());
+                let frames = std::mem::take(theirs);
+                crate::runtime::runtime()
+                    .spawn(async move { this.wait_for_peer(name, layout, frames, check).await });
+            }
+        };
         let mut group_end = first;
         for frame in first..end {
             if frame >= group_end {
                 // A GET never crosses a group boundary.
                 flush(&mut run);
+                wait_peer(&mut theirs);
                 group_end = self.group(layout, frame).end;
             }
             let key: FrameKey = (name.clone(), frame);
@@ -631,6 +642,7 @@ impl RemoteReader {
             if have || inflight.contains_key(&key) {
                 drop(inflight);
                 flush(&mut run);
+                wait_peer(&mut theirs);
                 continue;
             }
             let (tx, rx) = watch::channel(None);
@@ -647,59 +659,68 @@ impl RemoteReader {
                 Claim::Theirs => {
                     // Another process (a parallel worker) is fetching it.
                     flush(&mut run);
-                    let (this, name, layout) = (self.clone(), name.clone(), layout.clone());
-                    crate::runtime::runtime().spawn(async move {
-                        this.wait_for_peer(name, layout, frame, tx, check).await
-                    });
+                    theirs.push((frame, tx));
                     continue;
                 }
             };
+            wait_peer(&mut theirs);
             run.push((frame, tx, guard));
         }
         flush(&mut run);
+        wait_peer(&mut theirs);
         started
     }
 
-    /// Waits for a frame another process claimed to appear in the cache, and
-    /// tells waiters to read their part there (most need half a frame or
-    /// none, so reading it whole here would be wasted); fetches it itself if
-    /// the claim goes away without an entry or outlives `peer_wait`.
+    /// Waits for consecutive frames other processes claimed to appear in
+    /// the cache, in order (a peer decodes a group front to back), and tells
+    /// waiters to read their part there (most need half a frame or none, so
+    /// reading it whole here would be wasted). If a claim goes away without
+    /// an entry or outlives `peer_wait`, fetches that frame and the rest.
     async fn wait_for_peer(
         &self,
         name: Arc<str>,
         layout: Arc<ObjectLayout>,
-        frame: u32,
-        tx: watch::Sender<Option<FrameResult>>,
+        frames: Vec<(u32, watch::Sender<Option<FrameResult>>)>,
         check: HitCheck,
     ) {
         let inner = &self.0;
         let cache = inner.cache.as_ref().expect("claims need a cache");
         let deadline = tokio::time::Instant::now() + inner.cfg.peer_wait;
-        let mut delay = std::time::Duration::from_micros(500);
-        loop {
-            if cache.contains(&name, frame) {
-                inner.stats.peer_frames.fetch_add(1, Ordering::Relaxed);
-                let _ = tx.send(Some(Ok(Ready::InCache)));
-                inner
-                    .inflight
-                    .lock()
-                    .unwrap()
-                    .remove(&(name.clone(), frame));
-                return;
+        let mut frames = frames.into_iter();
+        'frames: while let Some((frame, tx)) = frames.next() {
+            let mut delay = std::time::Duration::from_micros(500);
+            loop {
+                if cache.contains(&name, frame) {
+                    inner.stats.peer_frames.fetch_add(1, Ordering::Relaxed);
+                    let _ = tx.send(Some(Ok(Ready::InCache)));
+                    inner
+                        .inflight
+                        .lock()
+                        .unwrap()
+                        .remove(&(name.clone(), frame));
+                    continue 'frames;
+                }
+                // A claim is a few file reads and a kill(0) to check: only
+                // once the frame is late, not on every look.
+                let late = delay >= std::time::Duration::from_millis(4);
+                if late && !cache.claimed(&name, frame, inner.cfg.peer_wait)
+                    || tokio::time::Instant::now() > deadline
+                {
+                    let rest = std::iter::once((frame, tx))
+                        .chain(frames)
+                        .map(|(f, tx)| {
+                            let guard = match cache.claim(&name, f, inner.cfg.peer_wait) {
+                                Claim::Mine(g) => Some(g),
+                                _ => None,
+                            };
+                            (f, tx, guard)
+                        })
+                        .collect();
+                    return self.fetch_run(name, layout, rest, check).await;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_millis(20));
             }
-            if !cache.claimed(&name, frame, inner.cfg.peer_wait)
-                || tokio::time::Instant::now() > deadline
-            {
-                let guard = match cache.claim(&name, frame, inner.cfg.peer_wait) {
-                    Claim::Mine(g) => Some(g),
-                    _ => None,
-                };
-                return self
-                    .fetch_run(name, layout, vec![(frame, tx, guard)], check)
-                    .await;
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(std::time::Duration::from_millis(20));
         }
     }
 

@@ -395,8 +395,10 @@ fn peers_share_frames_through_the_cache() {
     let fetched = sum(|s| s.frames_fetched.load(std::sync::atomic::Ordering::Relaxed));
     let peer = sum(|s| s.peer_frames.load(std::sync::atomic::Ordering::Relaxed));
     assert!(peer > 0, "no frame reached a reader through its peer");
+    // Readahead groups are the same for both, so each is fetched once and
+    // whole (a claim race at a group's edge may fetch a frame twice).
     assert!(
-        fetched < 2 * 96,
+        fetched <= 96 + 4,
         "frames fetched by both readers: {fetched} of 96"
     );
 }
