@@ -565,18 +565,32 @@ impl RemoteReader {
     }
 
     /// The readahead group holding `frame`: the frames whose stored bytes
-    /// start in the same `group_bytes`-aligned span of the object, at most
-    /// `MAX_GROUP_FRAMES` of them. Every process agrees on it, so parallel
-    /// workers fetch a group whole instead of splitting it between them, and
-    /// a store that keeps objects in fixed blocks (Garage: 1 MiB) reads at
-    /// most one block beyond what a group's GET returns.
+    /// start in the same `group_bytes`-aligned span of the object, cut into
+    /// pieces of at most `group_frames` frames. Every process agrees on it,
+    /// so parallel workers fetch a group whole instead of splitting it
+    /// between them, and a store that keeps objects in fixed blocks (Garage:
+    /// 1 MiB) reads at most one block beyond what a group's GET returns.
     fn group(&self, layout: &ObjectLayout, frame: u32) -> std::ops::Range<u32> {
         let span = self.0.cfg.group_bytes.max(1);
         let k = layout.frames[frame as usize].offset / span;
         let first = layout.frames.partition_point(|f| f.offset < k * span) as u32;
         let end = layout.frames.partition_point(|f| f.offset < (k + 1) * span) as u32;
-        let start = first + (frame - first) / MAX_GROUP_FRAMES * MAX_GROUP_FRAMES;
-        start..end.min(start + MAX_GROUP_FRAMES)
+        let most = self.group_frames(layout);
+        let start = first + (frame - first) / most * most;
+        start..end.min(start + most)
+    }
+
+    /// Most frames in a group. Decoded frames wait to be read in the disk
+    /// cache, or without one only in memory: there, two groups (the one being
+    /// read and the next) must fit, or the next would evict the current one
+    /// before it is read.
+    fn group_frames(&self, layout: &ObjectLayout) -> u32 {
+        let cfg = &self.0.cfg;
+        match self.0.cache {
+            Some(_) => MAX_GROUP_FRAMES,
+            None => (cfg.memory_bytes / 2 / layout.trailer.frame_size.max(1) as u64)
+                .clamp(1, MAX_GROUP_FRAMES as u64) as u32,
+        }
     }
 
     fn have_or_inflight(&self, name: &Arc<str>, frame: u32) -> bool {

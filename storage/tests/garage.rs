@@ -282,6 +282,24 @@ fn readahead_fetches_whole_groups() {
         layout.frames.len() as u64,
         "a frame was fetched twice"
     );
+    // Without a disk cache, decoded frames wait only in memory: groups
+    // shrink to fit it twice, so the next group never evicts the current.
+    let small = ReadaheadConfig {
+        group_bytes: span,
+        window_bytes: 2 * FRAME as u64,
+        memory_bytes: 8 * FRAME as u64,
+        ..Default::default()
+    };
+    let r = RemoteReader::new(s.clone(), keys, CipherImpl::default(), None, small);
+    assert_eq!(read_all(&r, "scan", len).unwrap(), data);
+    let fetched = r
+        .stats()
+        .frames_fetched
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        fetched, 96,
+        "frames fetched again after eviction from memory"
+    );
 }
 
 #[test]
