@@ -581,16 +581,15 @@ impl RemoteReader {
     }
 
     /// Most frames in a group. Decoded frames wait to be read in the disk
-    /// cache, or without one only in memory: there, two groups (the one being
-    /// read and the next) must fit, or the next would evict the current one
-    /// before it is read.
+    /// cache, or without one only in memory: two groups (the one being read
+    /// and the next) must fit there with room to spare, or the next would
+    /// evict the current one before it is read.
     fn group_frames(&self, layout: &ObjectLayout) -> u32 {
-        let cfg = &self.0.cfg;
-        match self.0.cache {
-            Some(_) => MAX_GROUP_FRAMES,
-            None => (cfg.memory_bytes / 2 / layout.trailer.frame_size.max(1) as u64)
-                .clamp(1, MAX_GROUP_FRAMES as u64) as u32,
-        }
+        let room = match &self.0.cache {
+            Some(c) => c.limit() / 4,
+            None => self.0.cfg.memory_bytes / 2,
+        };
+        (room / layout.trailer.frame_size.max(1) as u64).clamp(1, MAX_GROUP_FRAMES as u64) as u32
     }
 
     fn have_or_inflight(&self, name: &Arc<str>, frame: u32) -> bool {
