@@ -552,10 +552,9 @@ impl RemoteReader {
             // looked up again (on a warm scan each lookup is a stat()).
             let mut at = (frame + 1).max(known);
             while at < want_to {
+                // spawn_fetch skips frames cached, in memory or in flight.
                 let g = self.group(layout, at);
-                if (at..g.end).any(|f| !self.have_or_inflight(name, f)) {
-                    self.spawn_fetch(name, layout, g.start.max(frame + 1), g.end, false, check);
-                }
+                self.spawn_fetch(name, layout, at, g.end, false, check);
                 at = g.end;
             }
             if let Some(e) = self.0.seq.lock().unwrap().get_mut(name) {
@@ -590,17 +589,6 @@ impl RemoteReader {
             None => self.0.cfg.memory_bytes / 2,
         };
         (room / layout.trailer.frame_size.max(1) as u64).clamp(1, MAX_GROUP_FRAMES as u64) as u32
-    }
-
-    fn have_or_inflight(&self, name: &Arc<str>, frame: u32) -> bool {
-        let inner = &self.0;
-        let key: FrameKey = (name.clone(), frame);
-        inner.inflight.lock().unwrap().contains_key(&key)
-            || inner.memory.lock().unwrap().lru.contains(&key)
-            || inner
-                .cache
-                .as_ref()
-                .is_some_and(|c| c.contains(name, frame))
     }
 
     /// Starts fetching frames `[first, end)` that are not cached, in memory
