@@ -42,18 +42,21 @@ pub fn current_lsn() -> u64 {
     }
 }
 
+/// The records that retiring `segments` (of map `m`) now would write.
+pub fn records_now<'a>(
+    m: &'a ForkMap,
+    segments: &'a [SegmentMeta],
+) -> impl Iterator<Item = (&'a SegmentMeta, Retired)> + 'a {
+    let (lsn, at) = (current_lsn(), mapfile::unix_now());
+    segments.iter().map(move |s| {
+        let name = m.object_name(s).relative();
+        (s, Retired { name, lsn, at })
+    })
+}
+
 /// Records the objects of `segments` (of map `m`) as retired now.
 pub fn record(m: &ForkMap, segments: &[SegmentMeta]) -> io::Result<()> {
-    if segments.is_empty() {
-        return Ok(());
-    }
-    let (lsn, at) = (current_lsn(), mapfile::unix_now());
-    for s in segments {
-        let r = Retired {
-            name: m.object_name(s).relative(),
-            lsn,
-            at,
-        };
+    for (s, r) in records_now(m, segments) {
         let json = serde_json::to_vec(&r).expect("serialising a retired object");
         mapfile::write_durably(&dir(), &format!("{}.json", s.object_id), &json)?;
     }

@@ -241,16 +241,9 @@ fn yezzey_gc(
         .collect();
     if dry_run {
         // What forgetting the dead maps would record.
-        let (lsn, at) = (retired::current_lsn(), mapfile::unix_now());
         for m in &dead_maps {
-            for s in &m.segments {
-                let name = m.object_name(s).relative();
-                let r = retired::Retired {
-                    name: name.clone(),
-                    lsn,
-                    at,
-                };
-                retired.insert(name, (None, r));
+            for (_, r) in retired::records_now(m, &m.segments) {
+                retired.insert(r.name.clone(), (None, r));
             }
         }
     }
