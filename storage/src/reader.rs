@@ -80,7 +80,8 @@ enum Ready {
 type FrameResult = std::result::Result<Ready, Arc<Error>>;
 type FrameKey = (Arc<str>, u32);
 /// A frame to fetch: its number, where to publish it, and our claim on it.
-type Fetch = (u32, watch::Sender<Option<FrameResult>>, Option<ClaimGuard>);
+type Fetch = (u32, FrameTx, Option<ClaimGuard>);
+type FrameTx = watch::Sender<Option<FrameResult>>;
 
 struct Inner {
     store: Arc<AnyStore>,
@@ -615,8 +616,8 @@ impl RemoteReader {
             }
         };
         // Consecutive frames peers are fetching: one task waits for them in order.
-        let mut theirs: Vec<(u32, watch::Sender<Option<FrameResult>>)> = Vec::new();
-        let wait_peer = |theirs: &mut Vec<(u32, watch::Sender<Option<FrameResult>>)>| {
+        let mut theirs: Vec<(u32, FrameTx)> = Vec::new();
+        let wait_peer = |theirs: &mut Vec<(u32, FrameTx)>| {
             if !theirs.is_empty() {
                 let (this, name, layout) = (self.clone(), name.clone(), layout.clone());
                 let frames = std::mem::take(theirs);
@@ -655,6 +656,13 @@ impl RemoteReader {
                 None => Claim::Unclaimed,
             };
             let guard = match claim {
+                // A peer may have cached the frame and let its claim go
+                // between our look and our claim.
+                Claim::Mine(_) if !force && self.peer_cached(name, frame, &tx) => {
+                    flush(&mut run);
+                    wait_peer(&mut theirs);
+                    continue;
+                }
                 Claim::Mine(g) => Some(g),
                 Claim::Unclaimed => None,
                 Claim::Theirs => {
@@ -672,56 +680,86 @@ impl RemoteReader {
         started
     }
 
+    /// Publishes that a peer cached `frame`, if it did: waiters read their
+    /// part there (most need half a frame or none, so reading it whole here
+    /// would be wasted).
+    fn peer_cached(&self, name: &Arc<str>, frame: u32, tx: &FrameTx) -> bool {
+        let inner = &self.0;
+        if !inner
+            .cache
+            .as_ref()
+            .is_some_and(|c| c.contains(name, frame))
+        {
+            return false;
+        }
+        inner.stats.peer_frames.fetch_add(1, Ordering::Relaxed);
+        let _ = tx.send(Some(Ok(Ready::InCache)));
+        inner
+            .inflight
+            .lock()
+            .unwrap()
+            .remove(&(name.clone(), frame));
+        true
+    }
+
     /// Waits for consecutive frames other processes claimed to appear in
-    /// the cache, in order (a peer decodes a group front to back), and tells
-    /// waiters to read their part there (most need half a frame or none, so
-    /// reading it whole here would be wasted). If a claim goes away without
-    /// an entry or outlives `peer_wait`, fetches that frame and the rest.
+    /// the cache, in order (a peer decodes a group front to back). If a
+    /// claim goes away without an entry or outlives `peer_wait`, fetches
+    /// that frame and the ones after it nobody else has claimed, with one
+    /// GET, then waits for the rest.
     async fn wait_for_peer(
         &self,
         name: Arc<str>,
         layout: Arc<ObjectLayout>,
-        frames: Vec<(u32, watch::Sender<Option<FrameResult>>)>,
+        frames: Vec<(u32, FrameTx)>,
         check: HitCheck,
     ) {
         let inner = &self.0;
         let cache = inner.cache.as_ref().expect("claims need a cache");
         let deadline = tokio::time::Instant::now() + inner.cfg.peer_wait;
-        let mut frames = frames.into_iter();
-        'frames: while let Some((frame, tx)) = frames.next() {
-            let mut delay = std::time::Duration::from_micros(500);
-            loop {
-                if cache.contains(&name, frame) {
-                    inner.stats.peer_frames.fetch_add(1, Ordering::Relaxed);
-                    let _ = tx.send(Some(Ok(Ready::InCache)));
-                    inner
-                        .inflight
-                        .lock()
-                        .unwrap()
-                        .remove(&(name.clone(), frame));
-                    continue 'frames;
-                }
-                // A claim is a few file reads and a kill(0) to check: only
-                // once the frame is late, not on every look.
-                let late = delay >= std::time::Duration::from_millis(4);
-                if late && !cache.claimed(&name, frame, inner.cfg.peer_wait)
-                    || tokio::time::Instant::now() > deadline
-                {
-                    let rest = std::iter::once((frame, tx))
-                        .chain(frames)
-                        .map(|(f, tx)| {
-                            let guard = match cache.claim(&name, f, inner.cfg.peer_wait) {
-                                Claim::Mine(g) => Some(g),
-                                _ => None,
-                            };
-                            (f, tx, guard)
-                        })
-                        .collect();
-                    return self.fetch_run(name, layout, rest, check).await;
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_millis(20));
+        let mut frames = std::collections::VecDeque::from(frames);
+        let mut delay = std::time::Duration::from_micros(500);
+        while let Some((frame, tx)) = frames.front() {
+            let frame = *frame;
+            if self.peer_cached(&name, frame, tx) {
+                frames.pop_front();
+                delay = std::time::Duration::from_micros(500);
+                continue;
             }
+            // A claim is a few file reads and a kill(0) to check: only
+            // once the frame is late, not on every look.
+            let late = delay >= std::time::Duration::from_millis(4);
+            let overdue = tokio::time::Instant::now() > deadline;
+            if overdue || late && !cache.claimed(&name, frame, inner.cfg.peer_wait) {
+                let mut run = Vec::new();
+                while let Some((f, tx)) = frames.pop_front() {
+                    let guard = match cache.claim(&name, f, inner.cfg.peer_wait) {
+                        Claim::Theirs if !overdue => {
+                            frames.push_front((f, tx));
+                            break;
+                        }
+                        Claim::Mine(g) => Some(g),
+                        _ => None,
+                    };
+                    // The entry may have landed just before its claim went.
+                    // A GET covers consecutive frames: a cached one ends the run.
+                    if self.peer_cached(&name, f, &tx) {
+                        if run.is_empty() {
+                            continue;
+                        }
+                        break;
+                    }
+                    run.push((f, tx, guard));
+                }
+                if !run.is_empty() {
+                    self.fetch_run(name.clone(), layout.clone(), run, check)
+                        .await;
+                }
+                delay = std::time::Duration::from_micros(500);
+                continue;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_millis(20));
         }
     }
 
