@@ -283,7 +283,10 @@ fn readahead_fetches_whole_groups() {
         "a frame was fetched twice"
     );
     // Without a disk cache, decoded frames wait only in memory: groups
-    // shrink to fit it twice, so the next group never evicts the current.
+    // shrink to fit it twice, and frames already read go first, so the
+    // group after next never evicts the next one. The reader pauses
+    // between reads so that fetches land before it moves on, as under a
+    // slow scan.
     let small = ReadaheadConfig {
         group_bytes: span,
         window_bytes: 2 * FRAME as u64,
@@ -291,7 +294,13 @@ fn readahead_fetches_whole_groups() {
         ..Default::default()
     };
     let r = RemoteReader::new(s.clone(), keys, CipherImpl::default(), None, small);
-    assert_eq!(read_all(&r, "scan", len).unwrap(), data);
+    let mut out = vec![0u8; len];
+    let step = BLOCK_SIZE * 3;
+    for (i, part) in out.chunks_mut(step).enumerate() {
+        r.read_blocking("scan", (i * step) as u64, part).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert!(out == data, "slow sequential read differs");
     let fetched = r
         .stats()
         .frames_fetched
