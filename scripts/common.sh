@@ -27,10 +27,11 @@ PG_CONFIG=$PG_PREFIX/bin/pg_config
 YZ_RUN=${YEZZEY_RUN:-$YZ_CACHE/run}
 # Below Linux's ephemeral range (32768-60999): a server restarted while
 # many client connections come and go must not find its port taken by one.
+# (Standby clusters in the tests take PGPORT+1 and up.)
 PGPORT=${YEZZEY_PGPORT:-25417}
-GARAGE_S3_PORT=${YEZZEY_GARAGE_S3_PORT:-39000}
-GARAGE_RPC_PORT=${YEZZEY_GARAGE_RPC_PORT:-39001}
-GARAGE_ADMIN_PORT=${YEZZEY_GARAGE_ADMIN_PORT:-39003}
+GARAGE_S3_PORT=${YEZZEY_GARAGE_S3_PORT:-25430}
+GARAGE_RPC_PORT=${YEZZEY_GARAGE_RPC_PORT:-25431}
+GARAGE_ADMIN_PORT=${YEZZEY_GARAGE_ADMIN_PORT:-25433}
 GARAGE_BUCKET=${YEZZEY_BUCKET:-yezzey}
 
 export PATH="$HOME/.cargo/bin:$PATH"
