@@ -73,6 +73,7 @@ CONF
         garage_cmd bucket create "$GARAGE_BUCKET" >/dev/null
         garage_cmd bucket allow --read --write --owner "$GARAGE_BUCKET" --key yezzey >/dev/null
         cat > "$G/env.tmp" <<ENV
+export YEZZEY_RUN=$YZ_RUN
 export YEZZEY_S3_ENDPOINT=http://127.0.0.1:$GARAGE_S3_PORT
 export YEZZEY_S3_REGION=garage
 export YEZZEY_BUCKET=$GARAGE_BUCKET

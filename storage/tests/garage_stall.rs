@@ -16,7 +16,9 @@ use yezzey_storage::Error;
 
 fn garage_ctl(action: &str) {
     let ok = Command::new("bash")
-        .arg(env("YEZZEY_GARAGE_CTL"))
+        .arg(std::env::var("YEZZEY_GARAGE_CTL").unwrap_or_else(|_| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/garage.sh").to_string()
+        }))
         .arg(action)
         .status()
         .unwrap()
