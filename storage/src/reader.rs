@@ -515,7 +515,7 @@ impl RemoteReader {
         if cfg.window_bytes == 0 {
             return;
         }
-        let (streak, known, behind) = {
+        let (streak, known, prev) = {
             let mut seq = self.0.seq.lock().unwrap();
             if seq.len() > 1024 {
                 seq.clear();
@@ -538,19 +538,20 @@ impl RemoteReader {
                 }
                 0
             };
-            let behind = if e.streak > 0 { e.last..frame } else { 0..0 };
+            let prev = e.last;
             e.last = frame;
-            (e.streak, e.known_to, behind)
+            (e.streak, e.known_to, prev)
         };
         if streak >= 1 {
             // A sequential reader is done with the frames behind it (its
             // own, and those a parallel scan's peers read): in memory they
             // go before frames fetched ahead and not read yet.
-            let mut memory = self.0.memory.lock().unwrap();
-            for f in behind {
-                memory.lru.demote(&(name.clone(), f));
+            {
+                let mut memory = self.0.memory.lock().unwrap();
+                for f in prev..frame {
+                    memory.lru.demote(&(name.clone(), f));
+                }
             }
-            drop(memory);
             // Fetch whole groups, the window's and the next: one GET each,
             // the same for every process, and far enough ahead that a
             // group's GET and decoding overlap the reading of the one before.

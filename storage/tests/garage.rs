@@ -6,6 +6,7 @@ use bytes::Bytes;
 use common::*;
 use proptest::prelude::*;
 use std::sync::Arc;
+use std::time::Duration;
 use yezzey_storage::cache::{FrameCache, HitCheck};
 use yezzey_storage::crypto::CipherImpl;
 use yezzey_storage::format::new_object_id;
@@ -59,12 +60,26 @@ fn store(test: &str) -> Arc<AnyStore> {
 }
 
 fn read_all(r: &RemoteReader, name: &str, len: usize) -> Result<Vec<u8>, Error> {
+    read_all_pausing(r, name, len, Duration::ZERO)
+}
+
+/// Reads a whole object front to back, pausing after each read as a slow
+/// scan would.
+fn read_all_pausing(
+    r: &RemoteReader,
+    name: &str,
+    len: usize,
+    pause: Duration,
+) -> Result<Vec<u8>, Error> {
     let mut out = vec![0u8; len];
     let mut off = 0;
     while off < len {
         let n = (len - off).min(BLOCK_SIZE * 3);
         r.read_blocking(name, off as u64, &mut out[off..off + n])?;
         off += n;
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
     }
     Ok(out)
 }
@@ -294,13 +309,8 @@ fn readahead_fetches_whole_groups() {
         ..Default::default()
     };
     let r = RemoteReader::new(s.clone(), keys, CipherImpl::default(), None, small);
-    let mut out = vec![0u8; len];
-    let step = BLOCK_SIZE * 3;
-    for (i, part) in out.chunks_mut(step).enumerate() {
-        r.read_blocking("scan", (i * step) as u64, part).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    assert!(out == data, "slow sequential read differs");
+    let slow = read_all_pausing(&r, "scan", len, Duration::from_millis(2)).unwrap();
+    assert!(slow == data, "slow sequential read differs");
     let fetched = r
         .stats()
         .frames_fetched
