@@ -52,7 +52,8 @@ admin_token = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 CONF
     fi
     # A run directory set up with other ports keeps them (its env says so).
-    GARAGE_S3_PORT=$(sed -n '/^\[s3_api\]/,/^\[/s/^api_bind_addr = "127.0.0.1:\([0-9]*\)"/\1/p' "$CONF")
+    conf_port=$(sed -n '/^\[s3_api\]/,/^\[/s/^api_bind_addr = "127.0.0.1:\([0-9]*\)"/\1/p' "$CONF")
+    GARAGE_S3_PORT=${conf_port:-$GARAGE_S3_PORT}
     if ! running; then
         RUST_LOG=${RUST_LOG:-warn} nohup garage -c "$CONF" server >"$G/garage.log" 2>&1 &
         echo $! > "$G/pid"
