@@ -24,6 +24,19 @@ drop_caches() {
     sync
     echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || echo "(could not drop the OS page cache: not root?)" >&2
 }
+# CPU time in ms: the whole machine's busy time (/proc/stat), and Garage's.
+busy_ms() { awk -v hz="$(getconf CLK_TCK)" '/^cpu /{print int(($2+$3+$4+$7+$8+$9) * 1000 / hz)}' /proc/stat; }
+garage_ms() { awk -v hz="$(getconf CLK_TCK)" '{print int(($14+$15) * 1000 / hz)}' "/proc/$(cat "$YZ_RUN/garage/pid")/stat"; }
+# timed KEY TABLE PSQL-ARGS...: runs a bench_ms query, keeps its time and
+# the CPU the machine (KEY_cpu) and Garage (KEY_gar) spent meanwhile.
+timed() {
+    local k=$1 t=$2 c0 g0 ms; shift 2
+    c0=$(busy_ms); g0=$(garage_ms)
+    ms=$(val "$@")
+    res[$t,$k]+="$ms "
+    res[$t,${k}_cpu]+="$(( $(busy_ms) - c0 )) "
+    res[$t,${k}_gar]+="$(( $(garage_ms) - g0 )) "
+}
 cold_restart() {
     bash "$S/pg.sh" stop
     rm -rf "$YZ_RUN/pgdata/pg_yezzey/pgsql_tmp_cache"
@@ -76,10 +89,10 @@ for r in $(seq 1 "$ROUNDS"); do
     for t in $order; do
         cold_restart
         res[$t,first]+="$(val -c "SELECT bench_ms('SELECT * FROM $t LIMIT 1')") "
-        res[$t,cold]+="$(val -c "SELECT bench_ms(format('$scan', '$t'))") "
-        res[$t,warm]+="$(val -c "SELECT bench_ms(format('$scan', '$t'))") "
+        timed cold $t -c "SELECT bench_ms(format('$scan', '$t'))"
+        timed warm $t -c "SELECT bench_ms(format('$scan', '$t'))"
         cold_restart
-        res[$t,scold]+="$(val -c "SET max_parallel_workers_per_gather = 0" -c "SELECT bench_ms(format('$scan', '$t'))") "
+        timed scold $t -c "SET max_parallel_workers_per_gather = 0" -c "SELECT bench_ms(format('$scan', '$t'))"
         cold_restart
         res[$t,pcold]+="$(val -c "SELECT bench_points('$t', 300)") "
         res[$t,pwarm]+="$(val -c "SELECT bench_points('$t', 300)") "
@@ -107,9 +120,9 @@ for r in $(seq 1 "$ROUNDS"); do
     order="t_local t_off"; [ $((r % 2)) = 0 ] && order="t_off t_local"
     for t in $order; do
         cold_restart
-        res[$t,dcold]+="$(val -c "SELECT bench_ms(format('$scan', '$t'))") "
+        timed dcold $t -c "SELECT bench_ms(format('$scan', '$t'))"
         cold_restart
-        res[$t,dscold]+="$(val -c "SET max_parallel_workers_per_gather = 0" -c "SELECT bench_ms(format('$scan', '$t'))") "
+        timed dscold $t -c "SET max_parallel_workers_per_gather = 0" -c "SELECT bench_ms(format('$scan', '$t'))"
     done
     echo "directory round $r done"
 done
@@ -127,4 +140,18 @@ for m in "cold:full scan, cold cache (ms)" "scold:full scan, cold cache, no para
     k=${m%%:*}; label=${m#*:}
     l=$(echo "${res[t_local,$k]}" | median); o=$(echo "${res[t_off,$k]}" | median)
     awk -v l="$l" -v o="$o" -v n="$label" 'BEGIN{printf "| %s | %.2f | %.2f | %.2fx |\n", n, l, o, l/o}'
+done
+
+# Where the scans' time goes: both cores' busy time during the query,
+# and Garage's share of it (the store shares this machine's cores; a real
+# deployment's does not). Busy time over 2 cores bounds how fast a scan can be.
+echo
+echo "| CPU time of a full scan (median of $ROUNDS, core-seconds) | local: machine busy | offloaded: machine busy | offloaded: of which Garage |"
+echo "|---|---:|---:|---:|"
+for m in "cold:full scan" "scold:full scan, no parallel workers" "warm:full scan, warm cache (for comparison)" \
+         "dcold:full scan, objects in a local directory" "dscold:full scan, objects in a local directory, no parallel workers"; do
+    k=${m%%:*}; label=${m#*:}
+    l=$(echo "${res[t_local,${k}_cpu]}" | median); o=$(echo "${res[t_off,${k}_cpu]}" | median)
+    g=$(echo "${res[t_off,${k}_gar]}" | median)
+    awk -v l="$l" -v o="$o" -v g="$g" -v n="$label" 'BEGIN{printf "| %s | %.2f | %.2f | %.2f |\n", n, l/1000, o/1000, g/1000}'
 done
