@@ -5,8 +5,10 @@
 #   pg.sh start|stop|restart|status
 #   pg.sh crash                kill -9 the postmaster (crash-recovery tests)
 #   pg.sh env                  print PG* variables for psql
-#   pg.sh standby DIR PORT     base-back up the running cluster into DIR as a
-#                              streaming standby on PORT, with a physical
+#   pg.sh standby DIR PORT [OPTION...]
+#                              base-back up the running cluster into DIR as a
+#                              streaming standby on PORT (more pg_basebackup
+#                              options after PORT), with a physical
 #                              replication slot yz_<basename DIR> (start it with
 #                              YEZZEY_PGDATA=DIR YEZZEY_PGPORT=PORT pg.sh start)
 source "$(dirname "$0")/common.sh"
@@ -82,10 +84,11 @@ crash() {
 
 standby() {
     local dir=$1 port=$2
+    shift 2
     rm -rf "$dir"
     # With a physical slot, so the primary (and yezzey_gc) knows how far it got.
     as_pg "$BIN/pg_basebackup" -h "$SOCKDIR" -p "$PGPORT" -U postgres -D "$dir" -R -X stream -c fast \
-        -C -S "yz_$(basename "$dir")"
+        -C -S "yz_$(basename "$dir")" "$@"
     # The copied configuration names the primary's port.
     echo "port = $port" | as_pg tee -a "$dir/postgresql.conf" >/dev/null
 }
@@ -96,8 +99,8 @@ case "${1:-}" in
     stop) stop ;;
     restart) stop; start ;;
     crash) crash ;;
-    standby) standby "$2" "$3" ;;
+    standby) shift; standby "$@" ;;
     status) as_pg "$BIN/pg_ctl" -D "$PGDATA" status ;;
     env) printf 'export PGHOST=%s PGPORT=%s PGUSER=postgres PATH=%s:$PATH\n' "$SOCKDIR" "$PGPORT" "$BIN" ;;
-    *) die "usage: $0 init [--no-yezzey]|start|stop|restart|crash|status|env|standby DIR PORT" ;;
+    *) die "usage: $0 init [--no-yezzey]|start|stop|restart|crash|status|env|standby DIR PORT [OPTION...]" ;;
 esac
