@@ -577,9 +577,12 @@ class Standby(unittest.TestCase):
             time.sleep(0.1)
         raise AssertionError("the standby did not replay the primary's WAL within 30 s")
 
-    def standby_local_bytes(self, table):
-        path = q(f"SELECT pg_relation_filepath('{table}')")
-        st = os.stat(os.path.join(os.environ["YEZZEY_RUN"], self.DATA, path))
+    def copy_local_bytes(self, table, data=None, port=None):
+        """Bytes a table's file takes on disk in a copy's data directory
+        (the standby's unless told; its path as the server on `port` names
+        it), and the file's size."""
+        path = q(f"SELECT pg_relation_filepath('{table}')", port=port)
+        st = os.stat(os.path.join(os.environ["YEZZEY_RUN"], data or self.DATA, path))
         return st.st_blocks * 512, st.st_size
 
     def test_standby_follows_offload_writes_and_load_back(self):
@@ -597,7 +600,7 @@ class Standby(unittest.TestCase):
         self.caught_up()
         self.assertEqual(self.sq("SELECT state FROM yezzey_relation_status('after_backup')"), "offloaded")
         self.assertEqual(self.checksum("after_backup"), expect)
-        used, size = self.standby_local_bytes("after_backup")
+        used, size = self.copy_local_bytes("after_backup")
         self.assertLess(used, size // 4, "redo of the offload must punch the standby's local file")
 
         q("UPDATE after_backup SET note = 'changed on the primary' WHERE id % 100 = 0")
@@ -620,7 +623,7 @@ class Standby(unittest.TestCase):
         q("CHECKPOINT")
         self.caught_up()
         self.sq("CHECKPOINT")
-        used, size = self.standby_local_bytes("after_backup")
+        used, size = self.copy_local_bytes("after_backup")
         self.assertGreater(used, size // 2)
 
     def test_gc_waits_for_a_stopped_standby(self):
@@ -683,8 +686,8 @@ class Standby(unittest.TestCase):
         try:
             self.assertEqual(q("SELECT state FROM yezzey_relation_status('bk')", port=port), "offloaded")
             self.assertEqual(checksum("bk", port=port), expect)
-            st = os.stat(os.path.join(backup, q("SELECT pg_relation_filepath('bk')", port=port)))
-            self.assertLess(st.st_blocks * 512, st.st_size // 4, "the restored copy's first start must punch the zeros")
+            used, size = self.copy_local_bytes("bk", data="backup", port=port)
+            self.assertLess(used, size // 4, "the restored copy's first start must punch the zeros")
         finally:
             other_server(backup, port, "stop")
             subprocess.run(["rm", "-rf", backup])
