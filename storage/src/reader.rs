@@ -42,6 +42,10 @@ pub struct ReadaheadConfig {
     /// How long to wait for a frame another process is fetching before
     /// fetching it too (and after which its claim counts as stale).
     pub peer_wait: std::time::Duration,
+    /// Longest a blocking read may take, whatever it waits for (its own
+    /// GETs, readahead already in flight, a peer's fetch, a free request
+    /// slot): past it the read fails with [`Error::Timeout`].
+    pub deadline: std::time::Duration,
 }
 
 impl Default for ReadaheadConfig {
@@ -52,6 +56,7 @@ impl Default for ReadaheadConfig {
             inflight_bytes: 24 << 20,
             memory_bytes: 16 << 20,
             peer_wait: std::time::Duration::from_secs(30),
+            deadline: std::time::Duration::from_secs(90),
         }
     }
 }
@@ -310,9 +315,30 @@ impl RemoteReader {
         Ok(())
     }
 
-    /// Blocking form of [`read`](Self::read) for callers outside the runtime.
+    /// Blocking form of [`read`](Self::read) for callers outside the runtime,
+    /// bounded by the configured deadline.
     pub fn read_blocking(&self, name: &str, offset: u64, out: &mut [u8]) -> Result<()> {
-        crate::runtime::block_on(self.read(name, offset, out))
+        let deadline = tokio::time::Instant::now() + self.0.cfg.deadline;
+        self.block_until(name, deadline, self.read(name, offset, out))
+    }
+
+    /// Runs `fut` on the runtime, failing with a timeout at `deadline`.
+    fn block_until<T>(
+        &self,
+        name: &str,
+        deadline: tokio::time::Instant,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        crate::runtime::block_on(async {
+            tokio::time::timeout_at(deadline, fut)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::Timeout(format!(
+                        "reading {name}: no answer within {:?}",
+                        self.0.cfg.deadline
+                    )))
+                })
+        })
     }
 
     /// Reads blocks of raw bytes starting at `offset` straight into `bufs`
@@ -329,10 +355,11 @@ impl RemoteReader {
         check: HitCheck,
     ) -> Result<()> {
         let bs = crate::format::BLOCK_SIZE;
+        let deadline = tokio::time::Instant::now() + self.0.cfg.deadline;
         let cached = self.0.layouts.lock().unwrap().get(name).cloned();
         let layout = match cached {
             Some(l) => l,
-            None => crate::runtime::block_on(self.layout(name))?,
+            None => self.block_until(name, deadline, self.layout(name))?,
         };
         let fs = layout.trailer.frame_size as u64;
         let end = offset + (bufs.len() * bs) as u64;
@@ -342,7 +369,7 @@ impl RemoteReader {
         {
             // Not the block-shaped read this path is for: take the general one.
             let mut tmp = vec![0u8; bufs.iter().map(|b| b.len()).sum()];
-            self.read_blocking(name, offset, &mut tmp)?;
+            self.block_until(name, deadline, self.read(name, offset, &mut tmp))?;
             scatter(&tmp, bufs);
             return Ok(());
         }
@@ -359,7 +386,7 @@ impl RemoteReader {
             let mut attempt = 0;
             while !self.read_blocks_now(&name, frame, in_frame, part, check) {
                 let got = self.obtain(&name, &layout, frame, attempt, check);
-                if let Some(f) = crate::runtime::block_on(got)? {
+                if let Some(f) = self.block_until(&name, deadline, got)? {
                     scatter(&f[in_frame..], part);
                     break;
                 }

@@ -22,6 +22,14 @@ static RUNTIME: Mutex<Option<(u32, &'static Runtime)>> = Mutex::new(None);
 /// Number of worker threads in each process's runtime.
 pub const WORKER_THREADS: usize = 2;
 
+/// Most threads for blocking work (frame encoding, cache writes).
+pub const MAX_BLOCKING_THREADS: usize = 4;
+
+/// File descriptors the runtime itself holds: its epoll instance, the
+/// eventfd that wakes it and the socket pair of its signal driver (checked
+/// by a test below).
+pub const RUNTIME_FDS: usize = 4;
+
 fn block_all_signals() -> libc::sigset_t {
     // SAFETY: plain libc calls on stack-allocated sets.
     unsafe {
@@ -40,6 +48,18 @@ fn restore_signals(old: &libc::sigset_t) {
     }
 }
 
+fn build() -> std::io::Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKER_THREADS)
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .thread_name("yezzey-io")
+        .on_thread_start(|| {
+            block_all_signals();
+        })
+        .enable_all()
+        .build()
+}
+
 /// This process's runtime, created on first use.
 pub fn runtime() -> &'static Runtime {
     let pid = std::process::id();
@@ -53,16 +73,7 @@ pub fn runtime() -> &'static Runtime {
     }
     // Threads inherit the creating thread's mask, so block first.
     let old = block_all_signals();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(WORKER_THREADS)
-        .max_blocking_threads(4)
-        .thread_name("yezzey-io")
-        .on_thread_start(|| {
-            block_all_signals();
-        })
-        .enable_all()
-        .build()
-        .expect("building the yezzey I/O runtime");
+    let rt = build().expect("building the yezzey I/O runtime");
     restore_signals(&old);
     let rt: &'static Runtime = Box::leak(Box::new(rt));
     *slot = Some((pid, rt));
@@ -77,6 +88,31 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
 
 #[cfg(test)]
 mod tests {
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    #[test]
+    fn runtime_fds_are_as_counted() {
+        // A runtime built as every process builds its own; other tests
+        // running meanwhile can only add descriptors, so take the least.
+        let grown = (0..5)
+            .map(|_| {
+                let before = open_fds();
+                let rt = super::build().unwrap();
+                rt.block_on(async { tokio::task::yield_now().await });
+                let n = open_fds().saturating_sub(before);
+                drop(rt);
+                n
+            })
+            .min()
+            .unwrap();
+        assert!(
+            grown <= super::RUNTIME_FDS,
+            "a runtime opens {grown} descriptors, more than RUNTIME_FDS"
+        );
+    }
+
     #[test]
     fn runtime_threads_block_signals() {
         let masked = super::block_on(async {

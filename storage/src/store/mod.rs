@@ -3,11 +3,21 @@
 //! machine, and the reference for tests of the format).
 //!
 //! Keys passed to a store are *relative* names; the store adds its prefix.
+//!
+//! **Bounded per process.** [`AnyStore`] lets at most `max_connections`
+//! requests run at once (a semaphore around every operation), and the S3
+//! client keeps at most that many idle connections. So a process never holds
+//! more than a fixed number of sockets (or, for the directory backend, open
+//! files) however many reads are queued: readahead and PostgreSQL's
+//! prefetching (recovery prefetch issues one per WAL block reference) wait
+//! for a slot instead of opening a connection each. [`AnyStore::max_fds`]
+//! says how many descriptors that is, for the caller's accounting.
 use crate::error::{Error, Result};
 use bytes::Bytes;
 use std::future::Future;
 use std::ops::Range;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 pub mod local;
 pub mod s3;
@@ -115,6 +125,9 @@ pub struct S3Settings {
     /// Per attempt; the whole operation gets `max_attempts` times this.
     pub request_timeout: Duration,
     pub max_attempts: u32,
+    /// Requests in flight at once, and idle connections kept (per process;
+    /// for the directory backend, files open at once).
+    pub max_connections: usize,
 }
 
 impl Default for S3Settings {
@@ -128,40 +141,84 @@ impl Default for S3Settings {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             max_attempts: 3,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
 
-/// Either backend, chosen at run time from a [`Location`].
-pub enum AnyStore {
+/// Requests a process runs at once by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 8;
+
+/// Either backend, chosen at run time from a [`Location`], behind the
+/// per-process request limit.
+pub struct AnyStore {
+    backend: Backend,
+    slots: Semaphore,
+    max_connections: usize,
+}
+
+enum Backend {
     S3(S3Store),
     Local(LocalStore),
 }
 
 impl AnyStore {
     pub fn open(location: &Location, s3: &S3Settings) -> Result<AnyStore> {
-        Ok(match location {
-            Location::S3 { bucket, prefix } => AnyStore::S3(S3Store::new(bucket, prefix, s3)?),
-            Location::Local { root } => AnyStore::Local(LocalStore::new(root)?),
+        let max = s3.max_connections.max(1);
+        let backend = match location {
+            Location::S3 { bucket, prefix } => Backend::S3(S3Store::new(bucket, prefix, s3)?),
+            Location::Local { root } => Backend::Local(LocalStore::new(root)?),
+        };
+        Ok(AnyStore {
+            backend,
+            slots: Semaphore::new(max),
+            max_connections: max,
         })
+    }
+
+    /// A directory store (tests and tools), with the default request limit.
+    pub fn local(root: &std::path::Path) -> Result<AnyStore> {
+        Self::open(
+            &Location::Local { root: root.into() },
+            &S3Settings::default(),
+        )
     }
 
     /// A human-readable description for messages.
     pub fn describe(&self) -> String {
-        match self {
-            AnyStore::S3(s) => s.describe(),
-            AnyStore::Local(l) => l.describe(),
+        match &self.backend {
+            Backend::S3(s) => s.describe(),
+            Backend::Local(l) => l.describe(),
+        }
+    }
+
+    /// Requests this store runs at once.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// The most file descriptors this store holds at once: each request in
+    /// flight holds one (a socket or a file); the S3 client keeps up to as
+    /// many idle connections; and a request that found an idle connection
+    /// may leave a connection attempt of its own to finish in the background.
+    pub fn max_fds(&self) -> usize {
+        match &self.backend {
+            Backend::S3(_) => 3 * self.max_connections,
+            // A request opens a file or two (publishing fsyncs the directory).
+            Backend::Local(_) => 2 * self.max_connections,
         }
     }
 }
 
 macro_rules! dispatch {
-    ($self:ident, $s:ident => $e:expr) => {
-        match $self {
-            AnyStore::S3($s) => $e.await,
-            AnyStore::Local($s) => $e.await,
+    ($self:ident, $s:ident => $e:expr) => {{
+        // Never fails: the semaphore is not closed.
+        let _slot = $self.slots.acquire().await.expect("store slots are never closed");
+        match &$self.backend {
+            Backend::S3($s) => $e.await,
+            Backend::Local($s) => $e.await,
         }
-    };
+    }};
 }
 
 impl ObjectStore for AnyStore {

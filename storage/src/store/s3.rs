@@ -22,6 +22,8 @@ pub struct S3Store {
     prefix: String,
     endpoint: String,
     body_timeout: Duration,
+    /// Bound on one operation, retries included.
+    operation_timeout: Duration,
     max_attempts: u32,
 }
 
@@ -29,10 +31,10 @@ pub struct S3Store {
 /// the same host or network). The default client loads and parses every
 /// system CA certificate when a process first connects, about 40 ms with a
 /// cold page cache, which an endpoint without TLS does not need.
-fn plain_http_client() -> aws_sdk_s3::config::SharedHttpClient {
+fn plain_http_client(max_idle: usize) -> aws_sdk_s3::config::SharedHttpClient {
     use aws_smithy_http_client::{proxy::ProxyConfig, Builder, ConnectorBuilder};
-    Builder::new().build_with_connector_fn(|settings, components| {
-        let mut c = ConnectorBuilder::default();
+    Builder::new().build_with_connector_fn(move |settings, components| {
+        let mut c = ConnectorBuilder::default().pool_max_idle_per_host(max_idle);
         c.set_connector_settings(settings.cloned());
         if let Some(components) = components {
             c.set_sleep_impl(components.sleep_impl());
@@ -53,19 +55,31 @@ impl S3Store {
                 TimeoutConfig::builder()
                     .connect_timeout(s.connect_timeout)
                     .operation_attempt_timeout(s.request_timeout)
-                    .operation_timeout(
-                        s.request_timeout * s.max_attempts.max(1) + s.connect_timeout,
-                    )
+                    .operation_timeout(Self::operation_timeout(s))
                     .build(),
             )
             // Our format carries its own checksums; the optional CRC headers
             // are not understood by every S3-compatible store.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-        if let Some(ep) = &s.endpoint {
-            b = b.endpoint_url(ep);
-            if ep.starts_with("http://") {
-                b = b.http_client(plain_http_client());
+        // Idle connections kept: no more than the requests that may run at
+        // once (the store's limit), so the sockets a process holds stay bounded.
+        let max_idle = s.max_connections.max(1);
+        match &s.endpoint {
+            Some(ep) if ep.starts_with("http://") => {
+                b = b.endpoint_url(ep).http_client(plain_http_client(max_idle));
+            }
+            ep => {
+                use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+                if let Some(ep) = ep {
+                    b = b.endpoint_url(ep);
+                }
+                b = b.http_client(
+                    aws_smithy_http_client::Builder::new()
+                        .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+                        .pool_max_idle_per_host(max_idle)
+                        .build_https(),
+                );
             }
         }
         match (&s.access_key_id, &s.secret_access_key) {
@@ -106,12 +120,18 @@ impl S3Store {
                 .clone()
                 .unwrap_or_else(|| format!("AWS S3 ({})", s.region)),
             body_timeout: s.request_timeout,
+            operation_timeout: Self::operation_timeout(s),
             max_attempts: s.max_attempts.max(1),
         })
     }
 
     pub fn describe(&self) -> String {
         format!("s3://{}/{} at {}", self.bucket, self.prefix, self.endpoint)
+    }
+
+    /// Every attempt's timeout, plus one connection attempt.
+    fn operation_timeout(s: &S3Settings) -> Duration {
+        s.request_timeout * s.max_attempts.max(1) + s.connect_timeout
     }
 
     fn key(&self, name: &str) -> String {
@@ -166,22 +186,33 @@ impl S3Store {
 
     /// One GET with a timeout on the body too: the SDK's operation timeout
     /// ends when the headers arrive, and a store that stalls mid-body must
-    /// not hang a query. Body failures are retried like request failures.
+    /// not hang a query. Body failures are retried like request failures,
+    /// all within one operation timeout (the SDK retries the request itself).
     async fn get(&self, name: &str, range: String) -> Result<(Bytes, Option<String>)> {
         let key = self.key(name);
         let mut last = None;
+        let deadline = tokio::time::Instant::now() + self.operation_timeout;
+        let gave_up = || {
+            Error::Timeout(format!(
+                "GET {key}: no answer within {:?}",
+                self.operation_timeout
+            ))
+        };
         for _ in 0..self.max_attempts {
-            let resp = self
+            let send = self
                 .client
                 .get_object()
                 .bucket(&self.bucket)
                 .key(&key)
                 .range(&range)
-                .send()
+                .send();
+            let resp = tokio::time::timeout_at(deadline, send)
                 .await
+                .map_err(|_| gave_up())?
                 .map_err(|e| self.map_err(&format!("GET {key} {range}"), e))?;
             let content_range = resp.content_range().map(str::to_string);
-            match tokio::time::timeout(self.body_timeout, resp.body.collect()).await {
+            let body_deadline = deadline.min(tokio::time::Instant::now() + self.body_timeout);
+            match tokio::time::timeout_at(body_deadline, resp.body.collect()).await {
                 Ok(Ok(body)) => return Ok((body.into_bytes(), content_range)),
                 Ok(Err(e)) => last = Some(Error::Store(format!("GET {key}: reading body: {e}"))),
                 Err(_) => {
@@ -191,8 +222,11 @@ impl S3Store {
                     )))
                 }
             }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
         }
-        Err(last.unwrap())
+        Err(last.unwrap_or_else(gave_up))
     }
 }
 
