@@ -23,6 +23,18 @@
 //! removed, and is fetched again (blocks the reader verifies itself are left
 //! to its check).
 //!
+//! **Never the disk's last bytes.** The cache shares its file system with
+//! the database (by default it lives in the data directory). Before every
+//! reservation it checks the file system's free space: below
+//! `min_free` plus the entry, it evicts least-recently-used entries first,
+//! and if that does not make room it declines the entry (the read goes on
+//! uncached). A write that fails anyway (the disk filled meanwhile) is also
+//! only a declined entry.
+//!
+//! **Bounded descriptors.** A process keeps at most `open_files` entries
+//! open (an LRU of open files); everything else it opens is closed before
+//! the call returns, except the eviction lock while evicting.
+//!
 //! **Size limit across processes.** `used` bytes live in the shared state
 //! page. A writer *reserves* its entry's size with a compare-and-swap that
 //! never takes `used` past the limit; when it does not fit, the writer takes
@@ -142,9 +154,36 @@ impl Drop for ClaimGuard {
     }
 }
 
+/// How a process uses a cache directory.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheOptions {
+    /// Bytes the entries may take.
+    pub limit: u64,
+    /// Free bytes the cache leaves on its file system.
+    pub min_free: u64,
+    /// Entries this process keeps open at most.
+    pub open_files: usize,
+}
+
+impl CacheOptions {
+    /// `limit` bytes, no free-space reserve, the default open-file bound.
+    pub fn with_limit(limit: u64) -> CacheOptions {
+        CacheOptions {
+            limit,
+            min_free: 0,
+            open_files: DEFAULT_OPEN_FILES,
+        }
+    }
+}
+
+/// Entries a process keeps open by default.
+pub const DEFAULT_OPEN_FILES: usize = 16;
+
 pub struct FrameCache {
     dir: PathBuf,
     limit: u64,
+    min_free: u64,
+    open_files: usize,
     state: MmapMut,
     open: Mutex<OpenEntries>,
 }
@@ -200,8 +239,15 @@ impl Drop for FileLock {
 }
 
 impl FrameCache {
-    /// Opens (creating if needed) the cache in `dir`, limited to `limit` bytes.
+    /// Opens (creating if needed) the cache in `dir`, limited to `limit`
+    /// bytes, with the default options otherwise.
     pub fn open(dir: &Path, limit: u64) -> Result<FrameCache> {
+        Self::open_with(dir, CacheOptions::with_limit(limit))
+    }
+
+    /// Opens (creating if needed) the cache in `dir`.
+    pub fn open_with(dir: &Path, opts: CacheOptions) -> Result<FrameCache> {
+        let limit = opts.limit;
         fs::create_dir_all(dir.join("tmp")).map_err(|e| Error::io(dir, e))?;
         let lock = FileLock::acquire(&dir.join("evict.lock"), true)?;
         let state_path = dir.join("state");
@@ -219,12 +265,15 @@ impl FrameCache {
         }
         // SAFETY: the file is ours and STATE_LEN long; all access goes through atomics.
         let state = unsafe { MmapMut::map_mut(&f) }.map_err(|e| Error::io(&state_path, e))?;
+        let open_files = opts.open_files.max(1);
         let cache = FrameCache {
             dir: dir.to_path_buf(),
             limit,
+            min_free: opts.min_free,
+            open_files,
             state,
             open: Mutex::new(OpenEntries {
-                lru: LruCache::new(NonZeroUsize::new(128).unwrap()),
+                lru: LruCache::new(NonZeroUsize::new(open_files).unwrap()),
                 generation: 0,
             }),
         };
@@ -264,6 +313,25 @@ impl FrameCache {
 
     pub fn limit(&self) -> u64 {
         self.limit
+    }
+
+    /// The most file descriptors this process's use of the cache holds at
+    /// once: its open entries (plus an evicted one a reader still holds),
+    /// an entry being written on each of the runtime's blocking threads,
+    /// and a claim, the eviction lock and a directory scan.
+    pub fn max_fds(&self) -> usize {
+        self.open_files + 2 + crate::runtime::MAX_BLOCKING_THREADS + 3
+    }
+
+    /// Free bytes on the cache's file system (for unprivileged users).
+    fn free_bytes(&self) -> Option<u64> {
+        let path = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()).ok()?;
+        // SAFETY: statvfs into a zeroed struct we own.
+        unsafe {
+            let mut st: libc::statvfs = std::mem::zeroed();
+            (libc::statvfs(path.as_ptr(), &mut st) == 0)
+                .then(|| st.f_bavail as u64 * st.f_frsize as u64)
+        }
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -604,8 +672,10 @@ impl FrameCache {
         })
     }
 
-    /// Takes `size` bytes of the budget, evicting first if they do not fit.
+    /// Takes `size` bytes of the budget, evicting first if they do not fit
+    /// under the limit or would leave less than `min_free` on the disk.
     fn reserve(&self, size: u64) -> Result<()> {
+        self.make_room_on_disk(size)?;
         let used = self.counter(Counter::Used);
         for _ in 0..8 {
             let fits = used
@@ -622,6 +692,60 @@ impl FrameCache {
             path: self.dir.display().to_string(),
             source: io::Error::other("cache is full and eviction freed nothing"),
         })
+    }
+
+    /// Evicts until the file system keeps `min_free` bytes besides `size`
+    /// more; declines (an error the reader ignores) if it cannot.
+    fn make_room_on_disk(&self, size: u64) -> Result<()> {
+        if self.min_free == 0 {
+            return Ok(());
+        }
+        let Some(free) = self.free_bytes() else {
+            return Ok(());
+        };
+        if free >= self.min_free + size {
+            return Ok(());
+        }
+        let short = self.min_free + size - free;
+        self.evict_bytes(short)?;
+        match self.free_bytes() {
+            Some(free) if free < self.min_free + size => Err(Error::io(
+                &self.dir,
+                io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!(
+                        "{free} bytes free, keeping {} free for the database",
+                        self.min_free
+                    ),
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Evicts least-recently-used entries until `bytes` are freed (or none
+    /// are left).
+    fn evict_bytes(&self, bytes: u64) -> Result<()> {
+        let _lock = FileLock::acquire(&self.dir.join("evict.lock"), true)?;
+        let mut entries = self.scan()?;
+        entries.sort_by_key(|e| e.2);
+        let (mut freed, mut evicted) = (0, 0);
+        for (path, size, _) in entries {
+            if freed >= bytes {
+                break;
+            }
+            if fs::remove_file(&path).is_ok() {
+                self.release(size);
+                freed += size;
+                evicted += 1;
+            }
+        }
+        self.counter(Counter::Evictions)
+            .fetch_add(evicted, Ordering::Relaxed);
+        // Files other processes hold open free their space only once closed.
+        self.counter(Counter::Generation)
+            .fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Lists entries as (path, size, mtime).
@@ -702,6 +826,22 @@ impl FrameCache {
         self.counter(Counter::Generation)
             .fetch_add(1, Ordering::AcqRel);
         Ok((n, bytes))
+    }
+
+    /// Every entry file with the offset of its first data block (after the
+    /// header and the block checksums): for tools that inspect or, in
+    /// tests, damage entries without knowing the layout.
+    pub fn entry_files(&self) -> Result<Vec<(PathBuf, u64)>> {
+        let mut out = Vec::new();
+        for (path, _, _) in self.scan()? {
+            let mut header = [0u8; HEADER_LEN];
+            let f = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            if f.read_exact_at(&mut header, 0).is_ok() && header[..8] == ENTRY_MAGIC {
+                let nblocks = u32::from_le_bytes(header[12..16].try_into().unwrap()) as u64;
+                out.push((path, (HEADER_LEN as u64) + nblocks * 8));
+            }
+        }
+        Ok(out)
     }
 
     /// Bytes the entries on disk take (a directory scan; for tests and tools).

@@ -11,6 +11,7 @@
 //! yezzey-tool [OPTIONS] rm NAME            delete an object
 //! yezzey-tool [OPTIONS] get-raw NAME FILE  copy an object's stored bytes (no decoding)
 //! yezzey-tool [OPTIONS] put-raw FILE NAME  store a file's bytes as they are
+//! yezzey-tool cache-entries DIR            list a frame cache's entries: file, data offset
 //! ```
 //!
 //! Options (or environment): `--url` (YEZZEY_STORAGE_URL: s3://bucket/prefix
@@ -127,6 +128,14 @@ fn run(o: &Opts) -> Result<()> {
     }
     if cmd == "cache-stress" {
         return cache_stress(o);
+    }
+    if cmd == "cache-entries" {
+        let dir = PathBuf::from(o.arg(1, "DIR")?);
+        let cache = yezzey_storage::cache::FrameCache::open(&dir, u64::MAX)?;
+        for (path, data_at) in cache.entry_files()? {
+            println!("{}\t{data_at}", path.display());
+        }
+        return Ok(());
     }
     let store = Arc::new(o.store()?);
     let keys = o.keys()?;
