@@ -55,7 +55,7 @@ pub const TRAILER_MAGIC: [u8; 8] = *b"YZTRAIL1";
 pub const TRAILER_LEN: usize = 128;
 pub const FOOTER_ENTRY_LEN: usize = 24;
 pub const FORMAT_VERSION: u16 = 1;
-pub const BLOCK_SIZE: usize = 8192;
+pub use crate::key::BLOCK_SIZE;
 pub const DEFAULT_FRAME_SIZE: u32 = 1 << 20;
 pub const MAX_FRAME_SIZE: u32 = 64 << 20;
 /// How many bytes from the end a reader fetches first.
@@ -232,9 +232,7 @@ impl Trailer {
 
 /// A fresh random object id.
 pub fn new_object_id() -> [u8; 16] {
-    let mut id = [0u8; 16];
-    getrandom::fill(&mut id).expect("OS random source");
-    id
+    crate::key::ObjectId::random().0
 }
 
 /// Seals and opens the frames of one object.

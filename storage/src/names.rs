@@ -1,14 +1,24 @@
 //! Object names: where a segment file's objects live in the store.
 //!
 //! ```text
-//! <prefix>/<system id>/seg<content>/<spc>/<db>/<relfilenumber>/<fork>.<segfile>.<object id>.yz
+//! <prefix>/<system id>/seg<content>/m<writer>/<spc>/<db>/<relfilenumber>/<fork>.<segfile>.<object id>.yz
+//! <prefix>/<system id>/seg<content>/lineage/m<member>.json        (lineage records)
 //! ```
 //!
 //! * `system id`: the cluster's `pg_control` system identifier, shared by a
-//!   primary, its standbys and its physical backups (so they share objects)
-//!   and distinct between unrelated clusters using one bucket.
+//!   primary, its standbys, its physical backups and every cluster restored
+//!   or cloned from them (a *lineage*; they share objects), and distinct
+//!   between unrelated clusters using one bucket.
 //! * `content`: the Greenplum segment content id; `-1` (Greenplum's
 //!   coordinator id) for single-node PostgreSQL.
+//! * `writer`: the lineage member (one cluster of the lineage, see
+//!   [`crate::state::member`]) that uploaded the object. Only its writer
+//!   ever deletes an object (or any member, once the writer has been
+//!   forgotten), so a restored copy or a clone never collects what its
+//!   origin wrote, and the origin never collects what they wrote; and a
+//!   member's garbage collection lists only its own prefix. Names written
+//!   before lineages existed have no writer component: nobody collects
+//!   those automatically.
 //! * `segfile`: the file number within the fork: for heap and indexes the
 //!   1 GiB segment number, for Greenplum AO/AOCS files `column * 128 + segno`.
 //!   It is a plain `u32`, so both fit without a format change.
@@ -19,6 +29,7 @@
 //! so a bucket prefix can be moved without re-encrypting, but an object
 //! copied to another segment's name is rejected.
 use crate::error::{Error, Result};
+use crate::key::{Fork, MemberId, ObjectId, RelFork};
 use std::fmt;
 
 /// Which file a segment object holds.
@@ -26,81 +37,94 @@ use std::fmt;
 pub struct SegmentId {
     pub system_id: u64,
     pub content: i32,
-    pub spc: u32,
-    pub db: u32,
-    pub relnumber: u32,
-    /// PostgreSQL fork number: 0 main, 1 fsm, 2 vm, 3 init.
-    pub fork: u8,
+    pub rel: RelFork,
     pub segfile: u32,
 }
-
-/// PostgreSQL's fork names, indexed by fork number.
-pub const FORK_NAMES: [&str; 4] = ["main", "fsm", "vm", "init"];
 
 /// The full identity of one immutable object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectName {
     pub segment: SegmentId,
-    pub object_id: [u8; 16],
+    /// The lineage member that wrote it (`None`: written before lineages).
+    pub writer: Option<MemberId>,
+    pub object_id: ObjectId,
 }
 
-impl SegmentId {
-    /// The directory (below the prefix) holding every object of this relation fork's file numbers.
-    pub fn relation_dir(&self) -> String {
-        format!(
-            "{}/seg{}/{}/{}/{}",
-            self.system_id, self.content, self.spc, self.db, self.relnumber
-        )
-    }
+/// The directory (below the store's prefix) of one content id's objects
+/// and records: `<system id>/seg<content>/`.
+pub fn content_prefix(system_id: u64, content: i32) -> String {
+    format!("{system_id}/seg{content}/")
+}
 
-    pub fn fork_name(&self) -> &'static str {
-        FORK_NAMES
-            .get(self.fork as usize)
-            .copied()
-            .unwrap_or("unknown")
-    }
+/// The directory of every object one member wrote.
+pub fn writer_prefix(system_id: u64, content: i32, writer: MemberId) -> String {
+    format!("{}m{writer}/", content_prefix(system_id, content))
+}
+
+/// The directory of the lineage's published records.
+pub fn lineage_prefix(system_id: u64, content: i32) -> String {
+    format!("{}lineage/", content_prefix(system_id, content))
+}
+
+/// The name of one member's lineage record.
+pub fn lineage_record(system_id: u64, content: i32, member: MemberId) -> String {
+    format!("{}m{member}.json", lineage_prefix(system_id, content))
 }
 
 impl ObjectName {
     /// The name authenticated inside the object (relative to the prefix).
     pub fn relative(&self) -> String {
+        let s = &self.segment;
+        let dir = match self.writer {
+            Some(w) => writer_prefix(s.system_id, s.content, w),
+            None => content_prefix(s.system_id, s.content),
+        };
         format!(
-            "{}/{}.{}.{}.yz",
-            self.segment.relation_dir(),
-            self.segment.fork_name(),
-            self.segment.segfile,
-            hex::encode(self.object_id)
+            "{dir}{}/{}/{}/{}.{}.{}.yz",
+            s.rel.spc,
+            s.rel.db,
+            s.rel.rel,
+            s.rel.fork.name(),
+            s.segfile,
+            self.object_id
         )
     }
 
     /// Parses a relative name (as produced by [`ObjectName::relative`]).
     pub fn parse(rel: &str) -> Result<ObjectName> {
         let bad = || Error::Config(format!("{rel:?} is not a yezzey object name"));
-        let parts: Vec<&str> = rel.split('/').collect();
-        if parts.len() != 6 {
-            return Err(bad());
-        }
+        let mut parts: Vec<&str> = rel.split('/').collect();
+        let writer = match parts.len() {
+            7 => Some(
+                parts
+                    .remove(2)
+                    .strip_prefix('m')
+                    .and_then(MemberId::parse)
+                    .ok_or_else(bad)?,
+            ),
+            6 => None,
+            _ => return Err(bad()),
+        };
         let content = parts[1].strip_prefix("seg").ok_or_else(bad)?;
         let file: Vec<&str> = parts[5].split('.').collect();
         if file.len() != 4 || file[3] != "yz" {
             return Err(bad());
         }
-        let fork = FORK_NAMES
-            .iter()
-            .position(|f| *f == file[0])
-            .ok_or_else(bad)? as u8;
-        let id = hex::decode(file[2]).map_err(|_| bad())?;
+        let fork = Fork::from_name(file[0]).ok_or_else(bad)?;
         Ok(ObjectName {
             segment: SegmentId {
                 system_id: parts[0].parse().map_err(|_| bad())?,
                 content: content.parse().map_err(|_| bad())?,
-                spc: parts[2].parse().map_err(|_| bad())?,
-                db: parts[3].parse().map_err(|_| bad())?,
-                relnumber: parts[4].parse().map_err(|_| bad())?,
-                fork,
+                rel: RelFork {
+                    spc: parts[2].parse().map_err(|_| bad())?,
+                    db: parts[3].parse().map_err(|_| bad())?,
+                    rel: parts[4].parse().map_err(|_| bad())?,
+                    fork,
+                },
                 segfile: file[1].parse().map_err(|_| bad())?,
             },
-            object_id: id.try_into().map_err(|_| bad())?,
+            writer,
+            object_id: ObjectId::parse(file[2]).ok_or_else(bad)?,
         })
     }
 }
@@ -131,19 +155,22 @@ mod tests {
             segment: SegmentId {
                 system_id: 7_400_000_000_000_000_001,
                 content: -1,
-                spc: 1663,
-                db: 5,
-                relnumber: 16384,
-                fork: 0,
+                rel: RelFork::main(1663, 5, 16384),
                 segfile: 3 * 128 + 1, // AOCS column 3, segno 1
             },
-            object_id: [0xab; 16],
+            writer: Some(MemberId(0x0123_4567_89ab_cdef)),
+            object_id: ObjectId([0xab; 16]),
         };
         let rel = n.relative();
         assert_eq!(
             rel,
-            "7400000000000000001/seg-1/1663/5/16384/main.385.abababababababababababababababab.yz"
+            "7400000000000000001/seg-1/m0123456789abcdef/1663/5/16384/main.385.abababababababababababababababab.yz"
         );
+        assert!(rel.starts_with(&writer_prefix(
+            7_400_000_000_000_000_001,
+            -1,
+            MemberId(0x0123_4567_89ab_cdef)
+        )));
         assert_eq!(ObjectName::parse(&rel).unwrap(), n);
         let gp = ObjectName {
             segment: SegmentId {
@@ -153,7 +180,15 @@ mod tests {
             ..n
         };
         assert_eq!(ObjectName::parse(&gp.relative()).unwrap(), gp);
+        // Names from before lineages: no writer.
+        let old = ObjectName { writer: None, ..n };
+        assert_eq!(
+            old.relative(),
+            "7400000000000000001/seg-1/1663/5/16384/main.385.abababababababababababababababab.yz"
+        );
+        assert_eq!(ObjectName::parse(&old.relative()).unwrap(), old);
         assert!(ObjectName::parse("a/b/c").is_err());
+        assert!(ObjectName::parse("1/seg-1/lineage/m0123456789abcdef.json").is_err());
         assert_eq!(join_key("/pfx/", "x/y"), "pfx/x/y");
         assert_eq!(join_key("", "x/y"), "x/y");
     }
