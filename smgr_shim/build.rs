@@ -59,6 +59,10 @@ fn main() {
     let bindings = bindgen::Builder::default()
         .header("src/yezzey_smgr.h")
         .allowlist_function("yz_.*")
+        // The callbacks the extension implements: bound so that their
+        // signatures are checked against the header (ext/src/ffi.rs).
+        .allowlist_function("yezzey_.*")
+        .override_abi(bindgen::Abi::CUnwind, "yezzey_.*")
         .allowlist_type("YzSmgrCall")
         .allowlist_type("YzSegInfo")
         .allowlist_var("yz_.*")

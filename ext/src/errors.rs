@@ -1,5 +1,7 @@
-//! Storage-core errors as PostgreSQL errors: an SQLSTATE a client can act
-//! on, the message, and a hint saying what to check.
+//! The one way yezzey raises errors: every error a user can meet carries
+//! an SQLSTATE a client can act on, the message, and a hint saying what to
+//! check. Storage-core errors are grouped by what an operator does about
+//! them ([`report`]); file-system errors by their kind ([`io`]).
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 use yezzey_storage::Error;
@@ -47,12 +49,44 @@ pub fn report(err: Error, context: &str) -> ! {
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             "Set yezzey.storage_url (s3://bucket/prefix or an absolute directory) and the yezzey.* settings in postgresql.conf, then reload.".into(),
         ),
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => (
+            PgSqlErrorCode::ERRCODE_DISK_FULL,
+            "Free space on the file system named in the message.".into(),
+        ),
         Error::Io { .. } => (PgSqlErrorCode::ERRCODE_IO_ERROR, "Check free space and permissions.".into()),
     };
     ErrorReport::new(code, format!("{context}: {err}"), "yezzey")
         .set_hint(hint)
         .report(PgLogLevel::ERROR);
     unreachable!("ERROR does not return")
+}
+
+/// Raises a file-system failure as an ERROR; `context` says what yezzey
+/// was doing.
+pub fn io(err: std::io::Error, context: &str) -> ! {
+    let (code, hint) = match err.kind() {
+        std::io::ErrorKind::StorageFull => (
+            PgSqlErrorCode::ERRCODE_DISK_FULL,
+            "Free space on the file system of the data directory.",
+        ),
+        std::io::ErrorKind::PermissionDenied => (
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "Check the ownership and permissions of the data directory's pg_yezzey folder.",
+        ),
+        _ if err.raw_os_error() == Some(libc::EMFILE)
+            || err.raw_os_error() == Some(libc::ENFILE) =>
+        {
+            (
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
+                "Raise the server's open-file limit (ulimit -n) or lower max_files_per_process.",
+            )
+        }
+        _ => (
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            "Check the server log and the file system of the data directory.",
+        ),
+    };
+    error(code, format!("{context}: {err}"), hint)
 }
 
 /// Raises a plain ERROR with an SQLSTATE, a message and a hint.

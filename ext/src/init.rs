@@ -1,6 +1,6 @@
 //! Library initialisation: yezzey only works when preloaded, because the
-//! storage manager must be registered in the postmaster before any process
-//! that does I/O is forked.
+//! storage manager, the WAL resource manager and the lineage worker must be
+//! registered in the postmaster before any process that does I/O is forked.
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
 
@@ -21,4 +21,5 @@ pub fn init() {
     }
     crate::wal::register();
     crate::utility::install();
+    crate::worker::register();
 }

@@ -1,25 +1,34 @@
 //! yezzey: a PostgreSQL extension that moves the files of cold relations to
 //! S3-compatible object storage behind a pluggable storage manager.
 //!
-//! This crate is the pgrx glue: module initialisation, settings, the WAL
-//! resource manager, the offload/load/status/GC SQL functions and the Rust
-//! half of the read path. The storage manager's dispatch and the shared map
-//! live in the C shim (`smgr_shim`); objects, cache and S3 in `yezzey-storage`.
+//! This crate is the PostgreSQL layer; the state and the storage core
+//! (`yezzey-storage`: objects, cache, stores, map files, lineage, the GC
+//! decision) know nothing of PostgreSQL, and the storage manager's dispatch
+//! and shared map are the C shim (`smgr_shim`).
+//!
+//! * [`api`]: the SQL functions, by what a DBA does; views and grants in `sql/`.
+//! * [`ffi`]: every function the C side calls; [`remote`], [`apply`],
+//!   [`utility`], [`worker`] do their work.
+//! * [`wal`]: the WAL resource manager; [`lineage`]: this cluster's identity
+//!   and published record; [`settings`]: GUCs and the storage handle.
+//! * [`pg`], [`fds`], [`errors`]: what yezzey asks PostgreSQL, the file
+//!   descriptors it reports to it, and the one way it raises errors.
 use pgrx::prelude::*;
 
-mod catalog;
+mod api;
+mod apply;
 mod errors;
 mod fault;
+mod fds;
+mod ffi;
 mod init;
-mod mapfile;
-mod offload;
+mod lineage;
+mod pg;
 mod remote;
-mod retired;
 mod settings;
-mod stats;
-mod status;
 mod utility;
 mod wal;
+mod worker;
 
 ::pgrx::pg_module_magic!();
 
@@ -34,6 +43,13 @@ pub extern "C-unwind" fn _PG_init() {
 fn yezzey_version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }
+
+pgrx::extension_sql_file!(
+    "../../sql/views.sql",
+    name = "views",
+    requires = [yezzey_offloaded, yezzey_lineage_members]
+);
+pgrx::extension_sql_file!("../../sql/grants.sql", name = "grants", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]

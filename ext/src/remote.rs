@@ -1,14 +1,13 @@
-//! The read path's Rust half: the C shim calls these for blocks that are
-//! holes in a segment's remote range.
-use crate::{errors, mapfile, settings};
+//! The read path's Rust half: reads and prefetches of blocks in a
+//! segment's remote range, which the C shim hands over (through `ffi`).
+use crate::{errors, pg, settings};
 use pgrx::pg_sys;
 use std::cell::RefCell;
-use std::ffi::c_void;
 use std::rc::Rc;
 use yezzey_smgr_shim::SegInfo;
 use yezzey_storage::cache::HitCheck;
-
-const BLCKSZ: usize = 8192;
+use yezzey_storage::key::{Fork, MemberId, ObjectId, RelFork, BLOCK_SIZE};
+use yezzey_storage::names::{ObjectName, SegmentId};
 
 /// A page PostgreSQL verifies itself on read: any but a new one (`pd_upper`
 /// 0), which passes its check only if all zero, so a damaged cache entry
@@ -30,7 +29,27 @@ fn hit_check() -> HitCheck {
     }
 }
 
-type SegKey = (u32, u32, u32, i32, u32, [u8; 16]);
+/// The object behind a shared-map entry. Objects of the whole lineage share
+/// this server's system id (and content id); the writer is the entry's.
+fn name_of(seg: &SegInfo) -> ObjectName {
+    ObjectName {
+        segment: SegmentId {
+            system_id: pg::system_id(),
+            content: settings::content_id(),
+            rel: RelFork {
+                spc: seg.spc,
+                db: seg.db,
+                rel: seg.rel,
+                fork: Fork(seg.fork as u8),
+            },
+            segfile: seg.segno,
+        },
+        writer: (seg.writer != 0).then_some(MemberId(seg.writer)),
+        object_id: ObjectId(seg.object_id),
+    }
+}
+
+type SegKey = (u32, u32, u32, i32, u32, [u8; 16], u64);
 
 thread_local! {
     /// The last segment's object name: a scan reads one segment for a while,
@@ -39,56 +58,41 @@ thread_local! {
 }
 
 fn object_name(seg: &SegInfo) -> Rc<str> {
-    let key = (seg.spc, seg.db, seg.rel, seg.fork, seg.segno, seg.object_id);
+    let key = (
+        seg.spc,
+        seg.db,
+        seg.rel,
+        seg.fork,
+        seg.segno,
+        seg.object_id,
+        seg.writer,
+    );
     LAST_NAME.with_borrow_mut(|last| match last {
         Some((k, name)) if *k == key => name.clone(),
         _ => {
-            let name: Rc<str> = mapfile::local_object_name(
-                seg.spc,
-                seg.db,
-                seg.rel,
-                seg.fork,
-                seg.segno,
-                seg.object_id,
-            )
-            .relative()
-            .into();
+            let name: Rc<str> = name_of(seg).relative().into();
             *last = Some((key, name.clone()));
             name
         }
     })
 }
 
-/// Fills `n` buffers with blocks `[first, first + n)` of an offloaded segment.
-///
-/// # Safety
-/// Called by the C shim with valid pointers to `n` page buffers.
-#[no_mangle]
-#[pgrx::pg_guard]
-pub unsafe extern "C-unwind" fn yezzey_remote_read(
-    seg: *const SegInfo,
-    first: u32,
-    n: u32,
-    buffers: *mut *mut c_void,
-) {
-    let seg = &*seg;
+/// Fills `bufs` (one page each) with blocks `first..` of an offloaded
+/// segment, or raises the failure as an ERROR.
+pub fn read(seg: &SegInfo, first: u32, bufs: &mut [&mut [u8]]) {
     let storage = settings::storage();
     let name = object_name(seg);
-    let mut bufs: Vec<&mut [u8]> = (0..n as usize)
-        .map(|i| std::slice::from_raw_parts_mut(*buffers.add(i) as *mut u8, BLCKSZ))
-        .collect();
-    if let Err(e) = storage.reader.read_blocks_blocking(
-        &name,
-        first as u64 * BLCKSZ as u64,
-        &mut bufs,
-        hit_check(),
-    ) {
+    let offset = first as u64 * BLOCK_SIZE as u64;
+    if let Err(e) = storage
+        .reader
+        .read_blocks_blocking(&name, offset, bufs, hit_check())
+    {
         errors::report(
             e,
             &format!(
                 "could not read blocks {}..{} of segment {} of relation {}/{}/{} from object storage",
                 first,
-                first + n,
+                first + bufs.len() as u32,
                 seg.segno,
                 seg.spc,
                 seg.db,
@@ -98,19 +102,13 @@ pub unsafe extern "C-unwind" fn yezzey_remote_read(
     }
 }
 
-/// Starts fetching blocks that PostgreSQL announced it will read.
-///
-/// # Safety
-/// Called by the C shim with a valid segment pointer.
-#[no_mangle]
-#[pgrx::pg_guard]
-pub unsafe extern "C-unwind" fn yezzey_remote_prefetch(seg: *const SegInfo, first: u32, n: u32) {
-    let seg = &*seg;
+/// Starts fetching blocks PostgreSQL announced it will read.
+pub fn prefetch(seg: &SegInfo, first: u32, n: u32) {
     let storage = settings::storage();
     storage.reader.prefetch(
         &object_name(seg),
-        first as u64 * BLCKSZ as u64,
-        n as u64 * BLCKSZ as u64,
+        first as u64 * BLOCK_SIZE as u64,
+        n as u64 * BLOCK_SIZE as u64,
         hit_check(),
     );
 }

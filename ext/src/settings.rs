@@ -4,15 +4,15 @@
 //! blocks (backends, the startup process replaying WAL on a standby, the
 //! checkpointer) must see the same values, so they belong in
 //! postgresql.conf rather than in one session.
-use crate::errors;
+use crate::{errors, fds, pg};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_guard;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use yezzey_storage::cache::FrameCache;
+use yezzey_storage::cache::{CacheOptions, FrameCache};
 use yezzey_storage::crypto::CipherImpl;
 use yezzey_storage::format::FormatOptions;
 use yezzey_storage::keys::KeyRing;
@@ -30,6 +30,9 @@ pub static S3_SECRET_ACCESS_KEY: GucSetting<Option<CString>> =
 pub static KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static CACHE_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static CACHE_SIZE_MB: GucSetting<i32> = GucSetting::<i32>::new(1024);
+pub static MIN_FREE_MB: GucSetting<i32> = GucSetting::<i32>::new(1024);
+pub static MAX_CONNECTIONS: GucSetting<i32> =
+    GucSetting::<i32>::new(yezzey_storage::store::DEFAULT_MAX_CONNECTIONS as i32);
 pub static READAHEAD_KB: GucSetting<i32> = GucSetting::<i32>::new(8192);
 pub static TIMEOUT_S: GucSetting<i32> = GucSetting::<i32>::new(30);
 pub static FRAME_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
@@ -165,6 +168,24 @@ pub fn define() {
         GucFlags::UNIT_MB,
     );
     int_guc(
+        c"yezzey.min_free_space",
+        c"Free space yezzey leaves on the file systems it writes to.",
+        c"The frame cache evicts (or stops caching) before free space on its file system drops below this; yezzey_load_relation refuses to start unless the relation and its WAL fit with this much to spare.",
+        &MIN_FREE_MB,
+        0,
+        i32::MAX,
+        GucFlags::UNIT_MB,
+    );
+    int_guc(
+        c"yezzey.max_connections",
+        c"Requests to the object store each process runs at once (and idle connections it keeps).",
+        c"Bounds the sockets a process holds; they are reported to PostgreSQL's file descriptor accounting.",
+        &MAX_CONNECTIONS,
+        1,
+        64,
+        GucFlags::default(),
+    );
+    int_guc(
         c"yezzey.readahead",
         c"How much of a sequentially read object is fetched ahead; 0 disables readahead.",
         c"",
@@ -247,6 +268,8 @@ struct Config {
     key_file: Option<String>,
     cache_dir: Option<String>,
     cache_mb: i32,
+    min_free_mb: i32,
+    max_connections: i32,
     readahead_kb: i32,
     timeout_s: i32,
     frame_kb: i32,
@@ -264,6 +287,8 @@ impl Config {
             key_file: string(&KEY_FILE),
             cache_dir: string(&CACHE_DIR),
             cache_mb: CACHE_SIZE_MB.get(),
+            min_free_mb: MIN_FREE_MB.get(),
+            max_connections: MAX_CONNECTIONS.get(),
             readahead_kb: READAHEAD_KB.get(),
             timeout_s: TIMEOUT_S.get(),
             frame_kb: FRAME_KB.get(),
@@ -279,30 +304,27 @@ pub struct Storage {
     pub reader: RemoteReader,
     pub upload: UploadOptions,
     pub describe: String,
+    /// The descriptors the store and the cache may hold, reported to
+    /// PostgreSQL for as long as this handle lives.
+    _fds: fds::Reserved,
 }
 
 /// The handle, the settings it was built from, and the epoch they were read at.
 static STORAGE: Mutex<Option<(u64, Config, Arc<Storage>)>> = Mutex::new(None);
 
-pub fn data_dir() -> PathBuf {
-    // SAFETY: DataDir is set before any extension code runs and never changes.
-    unsafe {
-        PathBuf::from(
-            std::ffi::CStr::from_ptr(pgrx::pg_sys::DataDir)
-                .to_string_lossy()
-                .into_owned(),
-        )
-    }
-}
-
 /// This process's storage handle, rebuilt when the settings change
 /// (after a SIGHUP). Reports a clear ERROR when nothing is configured.
 pub fn storage() -> Arc<Storage> {
+    try_storage().unwrap_or_else(|e| errors::report(e, "cannot use the configured object storage"))
+}
+
+/// [`storage`], returning the failure instead of raising it.
+pub fn try_storage() -> yezzey_storage::Result<Arc<Storage>> {
     let epoch = SETTINGS_EPOCH.load(Ordering::Relaxed);
     let mut slot = STORAGE.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((e, _, s)) = slot.as_ref() {
         if *e == epoch {
-            return s.clone();
+            return Ok(s.clone());
         }
     }
     // Something was assigned (a reload): rebuild only if it changed.
@@ -310,24 +332,65 @@ pub fn storage() -> Arc<Storage> {
     if let Some((e, c, s)) = slot.as_mut() {
         if *c == cfg {
             *e = epoch;
-            return s.clone();
+            return Ok(s.clone());
         }
     }
     let t0 = std::time::Instant::now();
-    let s = Arc::new(
-        build(&cfg)
-            .unwrap_or_else(|e| errors::report(e, "cannot use the configured object storage")),
-    );
+    // The old handle's descriptors go back before the new one takes its own.
+    *slot = None;
+    let s = Arc::new(build(&cfg)?);
     pgrx::debug1!(
         "yezzey: storage client for {} ready in {:.1} ms",
         s.describe,
         t0.elapsed().as_secs_f64() * 1000.0
     );
     *slot = Some((epoch, cfg, s.clone()));
-    s
+    Ok(s)
 }
 
+/// Builds a handle within the descriptors PostgreSQL can spare: the
+/// configured connections and cache files if it can, a small budget if
+/// not (with a warning), an ERROR if not even that.
 fn build(cfg: &Config) -> yezzey_storage::Result<Storage> {
+    fds::reserve_runtime();
+    let small = Config {
+        max_connections: cfg.max_connections.min(2),
+        ..cfg.clone()
+    };
+    for (i, c) in [cfg, &small].into_iter().enumerate() {
+        // Opening the cache holds its lock, its state file and a directory.
+        let files = if i == 0 { DEFAULT_OPEN_FILES } else { 4 };
+        let (store, cache) = fds::transient(3, || open_parts(c, files))?;
+        let need = store.max_fds() + cache.as_ref().map_or(0, |c| c.max_fds());
+        if let Some(reserved) = fds::Reserved::acquire(need) {
+            if i > 0 {
+                warn_small_budget();
+            }
+            return assemble(c, store, cache, reserved);
+        }
+    }
+    Err(yezzey_storage::Error::io(
+        "object storage",
+        std::io::Error::from_raw_os_error(libc::EMFILE),
+    ))
+}
+
+use yezzey_storage::cache::DEFAULT_OPEN_FILES;
+
+fn warn_small_budget() {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        pgrx::warning!(
+            "yezzey: too few file descriptors for yezzey.max_connections; this process uses 2 connections to the object store"
+        );
+    }
+}
+
+/// The store and the cache of a configuration.
+fn open_parts(
+    cfg: &Config,
+    cache_files: usize,
+) -> yezzey_storage::Result<(Arc<AnyStore>, Option<FrameCache>)> {
     let url = cfg
         .url
         .as_deref()
@@ -341,27 +404,51 @@ fn build(cfg: &Config) -> yezzey_storage::Result<Storage> {
         secret_access_key: cfg.secret_access_key.clone(),
         connect_timeout: timeout.min(Duration::from_secs(5)),
         request_timeout: timeout,
+        max_connections: cfg.max_connections as usize,
         ..Default::default()
     };
     let store = Arc::new(AnyStore::open(&location, &s3)?);
-    let keys = match &cfg.key_file {
-        Some(p) => KeyRing::from_file(&PathBuf::from(p))?,
-        None => KeyRing::none(),
-    };
     let cache = if cfg.cache_mb > 0 {
         let dir = cfg
             .cache_dir
             .as_ref()
             .map(PathBuf::from)
-            .unwrap_or_else(|| data_dir().join("pg_yezzey/pgsql_tmp_cache"));
-        Some(FrameCache::open(&dir, cfg.cache_mb as u64 * 1024 * 1024)?)
+            .unwrap_or_else(|| pg::data_dir().join("pg_yezzey/pgsql_tmp_cache"));
+        Some(FrameCache::open_with(
+            &dir,
+            CacheOptions {
+                limit: cfg.cache_mb as u64 * 1024 * 1024,
+                min_free: min_free_bytes_of(cfg),
+                open_files: cache_files,
+            },
+        )?)
     } else {
         None
+    };
+    Ok((store, cache))
+}
+
+fn min_free_bytes_of(cfg: &Config) -> u64 {
+    cfg.min_free_mb as u64 * 1024 * 1024
+}
+
+fn assemble(
+    cfg: &Config,
+    store: Arc<AnyStore>,
+    cache: Option<FrameCache>,
+    reserved: fds::Reserved,
+) -> yezzey_storage::Result<Storage> {
+    let timeout = Duration::from_secs(cfg.timeout_s as u64);
+    let keys = match &cfg.key_file {
+        Some(p) => KeyRing::from_file(&PathBuf::from(p))?,
+        None => KeyRing::none(),
     };
     let readahead = ReadaheadConfig {
         window_bytes: cfg.readahead_kb as u64 * 1024,
         // A peer's fetch is bounded by the store's timeouts (3 attempts).
         peer_wait: timeout * 3 + Duration::from_secs(5),
+        // What the README promises: a read fails within 3x the timeout.
+        deadline: timeout * 3,
         ..Default::default()
     };
     let format = FormatOptions {
@@ -386,12 +473,23 @@ fn build(cfg: &Config) -> yezzey_storage::Result<Storage> {
             ..Default::default()
         },
         describe,
+        _fds: reserved,
     })
 }
 
 /// The Greenplum content id of this server (-1 for PostgreSQL).
 pub fn content_id() -> i32 {
     CONTENT_ID.get()
+}
+
+/// Free bytes yezzey leaves on the file systems it writes to.
+pub fn min_free_bytes() -> u64 {
+    MIN_FREE_MB.get() as u64 * 1024 * 1024
+}
+
+/// Whether object storage is configured at all.
+pub fn storage_configured() -> bool {
+    string(&STORAGE_URL).is_some()
 }
 
 /// Seconds `yezzey_gc()` keeps a retired object.

@@ -1,5 +1,7 @@
-//! A ProcessUtility hook for the database commands that handle data files
-//! without the storage manager:
+//! Database-level commands that handle data files without the storage
+//! manager (the hook itself is C, `smgr_shim/src/yezzey_utility.c`, so the
+//! commands' own errors never pass through Rust frames; it calls these
+//! through `ffi`):
 //! - `CREATE DATABASE ... STRATEGY FILE_COPY` and `ALTER DATABASE ... SET
 //!   TABLESPACE` copy a database's directory as files, so an offloaded
 //!   relation's punched holes would arrive as empty pages with no map to
@@ -7,13 +9,9 @@
 //! - `DROP DATABASE` removes the directory without the storage manager's
 //!   unlink: the database's maps are forgotten (WAL-logged, so standbys
 //!   follow) and its objects become garbage for `yezzey_gc()`.
-//!
-//! The hook itself is C (`smgr_shim/src/yezzey_utility.c`), so the
-//! commands' own errors never pass through Rust frames; it calls the two
-//! functions below.
-use crate::{errors, mapfile, wal};
+use crate::{apply, errors, fds, pg, wal};
 use pgrx::PgSqlErrorCode;
-use std::ffi::{c_char, CStr};
+use yezzey_storage::state::map::ForkMap;
 
 /// Installs the hook (from _PG_init, chaining any hook loaded before us).
 pub fn install() {
@@ -21,43 +19,21 @@ pub fn install() {
     unsafe { yezzey_smgr_shim::install_utility_hook() };
 }
 
-/// Called by the hook before CREATE DATABASE ... STRATEGY FILE_COPY (the
-/// template) and ALTER DATABASE ... SET TABLESPACE (`is_move`).
-#[no_mangle]
-#[pgrx::pg_guard]
-pub extern "C-unwind" fn yezzey_refuse_database_copy(db: u32, name: *const c_char, is_move: bool) {
-    if db == 0 || name.is_null() {
-        return;
-    }
-    // SAFETY: the hook passes the statement's NUL-terminated name.
-    let name = unsafe { CStr::from_ptr(name) }.to_string_lossy();
-    if is_move {
-        refuse_if_offloaded(
-            db,
-            &name,
+/// Before CREATE DATABASE ... STRATEGY FILE_COPY (the template) and ALTER
+/// DATABASE ... SET TABLESPACE (`is_move`).
+pub fn refuse_database_copy(db: u32, name: &str, is_move: bool) {
+    let (detail, hint) = if is_move {
+        (
             "ALTER DATABASE ... SET TABLESPACE copies data files directly, and would copy the offloaded blocks as empty pages.",
             "Move the offloaded relations with ALTER TABLE ... SET TABLESPACE, which reads through yezzey, or bring them back with yezzey_load_relation() first.",
-        );
+        )
     } else {
-        refuse_if_offloaded(
-            db,
-            &name,
+        (
             "CREATE DATABASE with STRATEGY FILE_COPY copies data files directly, and would copy the offloaded blocks as empty pages.",
             "Use STRATEGY WAL_LOG (the default), which reads through yezzey, or bring the relations back with yezzey_load_relation() first.",
-        );
-    }
-}
-
-/// Called by the hook after DROP DATABASE removed database `db`.
-#[no_mangle]
-#[pgrx::pg_guard]
-pub extern "C-unwind" fn yezzey_forget_dropped_database(db: u32) {
-    crate::fault::point("after_dropdb");
-    forget_maps(&mapfile::forks_of_database(db));
-}
-
-fn refuse_if_offloaded(db: u32, name: &str, detail: &str, hint: &str) {
-    let forks = mapfile::forks_of_database(db);
+        )
+    };
+    let forks = maps_of(db);
     if forks.is_empty() {
         return;
     }
@@ -74,16 +50,26 @@ fn refuse_if_offloaded(db: u32, name: &str, detail: &str, hint: &str) {
     );
 }
 
+/// After DROP DATABASE removed database `db`.
+pub fn forget_dropped_database(db: u32) {
+    crate::fault::point("after_dropdb");
+    forget_maps(&maps_of(db));
+}
+
+fn maps_of(db: u32) -> Vec<ForkMap> {
+    fds::transient(fds::STATE_OP, || pg::state().maps_of_database(db))
+}
+
 /// Forgets maps of a database whose files are gone (WAL-logged first, as
 /// load back does).
-pub fn forget_maps(maps: &[mapfile::ForkMap]) {
+pub fn forget_maps(maps: &[ForkMap]) {
     for m in maps {
-        wal::log_forget(m.spc, m.db, m.rel, m.fork);
-        if let Err(e) = mapfile::apply_forget(m.spc, m.db, m.rel, m.fork) {
+        wal::log_forget(m);
+        if let Err(e) = apply::forget(m.key, Some(m.lsn)) {
             pgrx::warning!(
                 "yezzey: could not remove the map of relation file {} of dropped database {}: {e}",
-                m.rel,
-                m.db
+                m.key.rel,
+                m.key.db
             );
         }
     }

@@ -4,10 +4,13 @@
 //! small JSON documents, which also makes `pg_waldump` output readable.
 //!
 //! Redo is idempotent: it sets the map to the record's content and punches
-//! holes that may already be punched.
-use crate::mapfile::{self, ForkMap};
+//! holes that may already be punched; it never moves a map back to an
+//! older offload (see `apply`).
+use crate::apply;
 use pgrx::pg_sys;
 use serde::{Deserialize, Serialize};
+use yezzey_storage::key::{Lsn, RelFork};
+use yezzey_storage::state::map::ForkMap;
 
 /// Custom resource manager id (128-255 are for extensions; see
 /// https://wiki.postgresql.org/wiki/CustomWALResourceManagers). Not yet
@@ -18,12 +21,14 @@ const XLOG_YEZZEY_FORGET: u8 = 0x20;
 /// Low bits of xl_info belong to the WAL machinery.
 const XLR_INFO_MASK: u8 = 0x0F;
 
+/// A fork is local again: the offload made at `lsn` is undone (records
+/// written before this field existed undo whatever offload is there).
 #[derive(Debug, Serialize, Deserialize)]
 struct Forget {
-    spc: u32,
-    db: u32,
-    rel: u32,
-    fork: i32,
+    #[serde(flatten)]
+    key: RelFork,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lsn: Option<Lsn>,
 }
 
 static mut RMGR: pg_sys::RmgrData = pg_sys::RmgrData {
@@ -44,30 +49,34 @@ pub fn register() {
     unsafe { pg_sys::RegisterCustomRmgr(RMGR_ID, std::ptr::addr_of!(RMGR)) };
 }
 
-fn insert(info: u8, payload: &[u8]) -> u64 {
+fn insert(info: u8, payload: &[u8]) -> Lsn {
     // SAFETY: the standard XLogInsert protocol, from a backend's main thread.
     unsafe {
         pg_sys::XLogBeginInsert();
         pg_sys::XLogRegisterData(payload.as_ptr() as *mut _, payload.len() as u32);
         let lsn = pg_sys::XLogInsert(RMGR_ID, info);
         pg_sys::XLogFlush(lsn);
-        lsn
+        Lsn(lsn)
     }
 }
 
 /// Logs (and flushes) an offload; returns its LSN.
-pub fn log_offload(m: &ForkMap) -> u64 {
+pub fn log_offload(m: &ForkMap) -> Lsn {
     insert(
         XLOG_YEZZEY_OFFLOAD,
         &serde_json::to_vec(m).expect("serialising a map"),
     )
 }
 
-/// Logs (and flushes) that a fork is local again.
-pub fn log_forget(spc: u32, db: u32, rel: u32, fork: i32) -> u64 {
+/// Logs (and flushes) that the offload of `m` is undone: its fork is local again.
+pub fn log_forget(m: &ForkMap) -> Lsn {
     insert(
         XLOG_YEZZEY_FORGET,
-        &serde_json::to_vec(&Forget { spc, db, rel, fork }).unwrap(),
+        &serde_json::to_vec(&Forget {
+            key: m.key,
+            lsn: Some(m.lsn),
+        })
+        .expect("serialising a record"),
     )
 }
 
@@ -88,16 +97,18 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
     let result = match info {
         XLOG_YEZZEY_OFFLOAD => serde_json::from_slice::<ForkMap>(data)
             .map_err(|e| e.to_string())
-            .and_then(|m| mapfile::apply_offload(&m).map_err(|e| e.to_string())),
+            .and_then(|m| apply::offload(&m).map_err(|e| e.to_string())),
         XLOG_YEZZEY_FORGET => serde_json::from_slice::<Forget>(data)
             .map_err(|e| e.to_string())
-            .and_then(|f| {
-                mapfile::apply_forget(f.spc, f.db, f.rel, f.fork).map_err(|e| e.to_string())
-            }),
+            .and_then(|f| apply::forget(f.key, f.lsn).map_err(|e| e.to_string())),
         other => Err(format!("unknown record type {other:#x}")),
     };
     if let Err(e) = result {
-        pgrx::error!("yezzey redo failed: {e}");
+        crate::errors::error(
+            pgrx::PgSqlErrorCode::ERRCODE_IO_ERROR,
+            format!("yezzey redo failed: {e}"),
+            "Check the data directory's pg_yezzey folder and free space; the record is replayed again at the next start.",
+        );
     }
 }
 

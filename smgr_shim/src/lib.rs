@@ -76,6 +76,15 @@ pub fn host_verifies_pages() -> bool {
 /// One offloaded segment as the shared map holds it.
 pub use ffi::YzSegInfo as SegInfo;
 
+/// The functions the shim calls in the extension, as the header declares
+/// them: the extension checks its definitions against these.
+pub mod callbacks {
+    pub use super::ffi::{
+        yezzey_forget_dropped_database, yezzey_map_load, yezzey_map_persist,
+        yezzey_refuse_database_copy, yezzey_remote_prefetch, yezzey_remote_read,
+    };
+}
+
 /// The shared map of offloaded segments (`yezzey_map.c`). Every function
 /// takes the map's LWLock briefly; call from a PostgreSQL process only.
 pub mod map {

@@ -39,6 +39,8 @@ typedef struct YzSegEntry
 	YzSegKey	key;
 	uint32		remote_blocks;
 	uint8		object_id[16];
+	uint64		writer;
+	uint64		clean_lsn;
 	bool		written;
 } YzSegEntry;
 
@@ -172,6 +174,8 @@ yz_map_get(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
 		out->segno = segno;
 		out->remote_blocks = e->remote_blocks;
 		memcpy(out->object_id, e->object_id, 16);
+		out->writer = e->writer;
+		out->clean_lsn = e->clean_lsn;
 		out->written = e->written;
 	}
 	LWLockRelease(yz_shared->lock);
@@ -230,6 +234,8 @@ yz_map_put(const YzSegInfo *seg)
 	}
 	e->remote_blocks = seg->remote_blocks;
 	memcpy(e->object_id, seg->object_id, 16);
+	e->writer = seg->writer;
+	e->clean_lsn = seg->clean_lsn;
 	e->written = seg->written;
 	bump();
 	LWLockRelease(yz_shared->lock);

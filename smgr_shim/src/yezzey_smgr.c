@@ -8,10 +8,18 @@
  * and a block written after offload is simply local again (copy-on-write).
  * Until the first such write, a segment's remote range is known to be all
  * holes, and reads skip md and go straight to the object.
+ *
+ * A write of a page the object already holds is not a write: a page of a
+ * remote range whose LSN is no later than the map's clean LSN (taken before
+ * the upload's flush) differs from the object's copy in hint bits at most,
+ * when hint bits are WAL-logged.  Such pages are dropped instead of written,
+ * so neither a reader setting hint bits nor crash recovery replaying the
+ * changes made before the offload brings the relation's blocks back.
  */
 #include "postgres.h"
 
 #include "access/xlog.h"
+#include "access/xlogdefs.h"
 #include "miscadmin.h"
 #include "storage/bufmgr.h"
 #include "storage/bufpage.h"
@@ -199,6 +207,64 @@ note_local_write(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 	}
 }
 
+/*
+ * True when writing this page into a segment's remote range would store
+ * nothing the object lacks (see the file header).  Cost: one comparison of
+ * the page header's LSN.
+ */
+static inline bool
+page_in_object(const void *page, const YzSegInfo *seg, BlockNumber first)
+{
+	return first < seg->remote_blocks && seg->clean_lsn != 0 &&
+		XLogHintBitIsNeeded() &&
+		PageGetLSN((Page) page) <= (XLogRecPtr) seg->clean_lsn;
+}
+
+/*
+ * Writes a range of a relation with remote segments, one segment at a time:
+ * pages the object already holds are skipped; runs of other pages are
+ * recorded as local writes first, then written by md.
+ */
+static void
+write_segments(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
+			   const void **buffers, BlockNumber nblocks, bool skipFsync)
+{
+	RelFileLocator l = reln->smgr_rlocator.locator;
+	BlockNumber i = 0;
+
+	while (i < nblocks)
+	{
+		BlockNumber blk = blocknum + i;
+		BlockNumber first = blk % RELSEG_SIZE;
+		BlockNumber run = Min(nblocks - i, RELSEG_SIZE - first);
+		YzSegInfo	seg;
+		BlockNumber j = 0;
+
+		if (!yz_map_get(l.spcOid, l.dbOid, l.relNumber, forknum, blk / RELSEG_SIZE, &seg))
+		{
+			mdwritev(reln, forknum, blk, &buffers[i], run, skipFsync);
+			i += run;
+			continue;
+		}
+		while (j < run)
+		{
+			BlockNumber k = j;
+
+			if (page_in_object(buffers[i + j], &seg, first + j))
+			{
+				j++;
+				continue;
+			}
+			while (k < run && !page_in_object(buffers[i + k], &seg, first + k))
+				k++;
+			note_local_write(reln, forknum, blk + j, k - j);
+			mdwritev(reln, forknum, blk + j, &buffers[i + j], k - j, skipFsync);
+			j = k;
+		}
+		i += run;
+	}
+}
+
 static void
 yz_open(SMgrRelation reln)
 {
@@ -324,8 +390,9 @@ yz_writev(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 {
 	COUNT(YZ_CALL_WRITEV);
 	if (unlikely(has_remote(reln)))
-		note_local_write(reln, forknum, blocknum, nblocks);
-	mdwritev(reln, forknum, blocknum, buffers, nblocks, skipFsync);
+		write_segments(reln, forknum, blocknum, buffers, nblocks, skipFsync);
+	else
+		mdwritev(reln, forknum, blocknum, buffers, nblocks, skipFsync);
 }
 
 static void

@@ -68,6 +68,15 @@ typedef struct YzSegInfo
 	/* Blocks [0, remote_blocks) of the segment are backed by the object. */
 	uint32_t	remote_blocks;
 	uint8_t		object_id[16];
+	/* The lineage member that wrote the object (0: before lineages). */
+	uint64_t	writer;
+	/*
+	 * WAL insert position before the relation was flushed for its upload:
+	 * a page of the remote range whose LSN is at most this holds nothing the
+	 * object lacks but hint bits (when hint bits are WAL-logged), so it is
+	 * never written back locally.  0: no such promise (older maps).
+	 */
+	uint64_t	clean_lsn;
 	/*
 	 * A block of the remote range was written locally since the offload, so
 	 * reads must look at the local file first.  While false, every block of

@@ -1,0 +1,273 @@
+//! `yezzey_gc` and `yezzey_gc_plan`: collect this cluster's garbage, never
+//! anything another cluster of its lineage, a standby or the retention
+//! period still needs. The decision is `yezzey_storage::state::gc`; this
+//! module gathers its inputs in the order that rule requires and carries
+//! it out.
+use crate::pg;
+use crate::{errors, fds, lineage, settings, utility};
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use yezzey_storage::names::{self, ObjectName};
+use yezzey_storage::runtime::block_on;
+use yezzey_storage::state::gc::{self, Inputs, Plan, Verdict};
+use yezzey_storage::state::lineage::{read_all, MemberState};
+use yezzey_storage::state::map::ForkMap;
+use yezzey_storage::state::retired::Retired;
+use yezzey_storage::state::unix_now;
+use yezzey_storage::store::{ObjectMeta, ObjectStore};
+
+/// Deletes this cluster's objects that nothing needs any more, and
+/// publishes what it still needs of other clusters' objects. Safe to run
+/// at any time, in any cluster of a lineage.
+#[pg_extern(volatile, parallel_unsafe)]
+fn yezzey_gc(
+    dry_run: default!(bool, false),
+) -> TableIterator<
+    'static,
+    (
+        name!(deleted_objects, i64),
+        name!(deleted_bytes, i64),
+        name!(kept_objects, i64),
+        name!(held_objects, i64),
+    ),
+> {
+    let storage = settings::storage();
+    let c = gather(&storage, dry_run);
+    if !dry_run {
+        carry_out(&storage, &c);
+    }
+    let mut deleted = (0i64, 0i64);
+    let (mut kept, mut held, mut held_bytes) = (0i64, 0i64, 0u64);
+    let (mut for_standby, mut for_retention, mut for_members) = (0, 0, 0);
+    for d in &c.plan.decisions {
+        match &d.verdict {
+            Verdict::Delete => {
+                deleted.0 += 1;
+                deleted.1 += d.bytes as i64;
+            }
+            Verdict::Keep(why) if why.class() == "hold" => {
+                held += 1;
+                held_bytes += d.bytes;
+                match why {
+                    gc::Reason::Standby { .. } => for_standby += 1,
+                    gc::Reason::Retention { .. } => for_retention += 1,
+                    _ => for_members += 1,
+                }
+            }
+            Verdict::Keep(_) => kept += 1,
+        }
+    }
+    if held > 0 {
+        errors::notice(
+            format!(
+                "yezzey: kept {held} unreferenced object(s) ({:.1} MB) that a standby, a backup or another cluster may still need",
+                held_bytes as f64 / (1024.0 * 1024.0)
+            ),
+            format!(
+                "{for_standby} wait for a standby (or physical replication slot) to pass the WAL position at which they were dropped; {for_retention} were dropped less than yezzey.gc_retention ({} s) ago; {for_members} are held by other clusters of this lineage.",
+                settings::gc_retention()
+            ),
+            "A later yezzey_gc() deletes them once that has passed; drop replication slots that are no longer used; see yezzey_gc_plan() for each object.",
+        );
+    }
+    TableIterator::once((deleted.0, deleted.1, kept, held))
+}
+
+/// What `yezzey_gc()` would do with every object this cluster wrote (and
+/// every object of a forgotten cluster), and why; plus the objects of other
+/// clusters this one still needs. Changes nothing.
+#[pg_extern(volatile, parallel_unsafe)]
+#[allow(clippy::type_complexity)] // pgrx needs the row type spelled out
+fn yezzey_gc_plan() -> TableIterator<
+    'static,
+    (
+        name!(object, String),
+        name!(bytes, Option<i64>),
+        name!(database, Option<pg_sys::Oid>),
+        name!(relfilenode, Option<pg_sys::Oid>),
+        name!(written_by, Option<String>),
+        name!(verdict, String),
+        name!(reason, String),
+    ),
+> {
+    let storage = settings::storage();
+    let c = gather(&storage, true);
+    let place = |name: &str| {
+        ObjectName::parse(name).ok().map_or((None, None), |n| {
+            (
+                Some(pg_sys::Oid::from(n.segment.rel.db)),
+                Some(pg_sys::Oid::from(n.segment.rel.rel)),
+            )
+        })
+    };
+    let mut rows = Vec::new();
+    for d in &c.plan.decisions {
+        let (db, rel) = place(&d.name);
+        let (verdict, reason) = match &d.verdict {
+            Verdict::Delete => ("delete".to_string(), "nothing needs it".to_string()),
+            Verdict::Keep(why) => (why.class().to_string(), why.to_string()),
+        };
+        rows.push((
+            d.name.clone(),
+            Some(d.bytes as i64),
+            db,
+            rel,
+            d.writer.map(|w| w.to_string()),
+            verdict,
+            reason,
+        ));
+    }
+    for h in &c.plan.holds {
+        let (db, rel) = place(h);
+        let writer = ObjectName::parse(h).ok().and_then(|n| n.writer);
+        rows.push((
+            h.clone(),
+            None,
+            db,
+            rel,
+            writer.map(|w| w.to_string()),
+            "hold".into(),
+            format!(
+                "this cluster needs it; its writer ({}) collects it",
+                writer.map_or_else(|| "none".into(), |w| format!("member {w}"))
+            ),
+        ));
+    }
+    TableIterator::new(rows)
+}
+
+/// A collection's inputs and its plan.
+struct Collection {
+    plan: Plan,
+    /// Retired records by object name.
+    retired_files: HashMap<String, PathBuf>,
+    stale_intents: Vec<PathBuf>,
+}
+
+fn gather(storage: &settings::Storage, dry_run: bool) -> Collection {
+    errors::require_superuser("run yezzey_gc");
+    if pg::in_recovery() {
+        errors::error(
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            "yezzey_gc cannot run during recovery".into(),
+            "Run it on the primary; standbys read the same objects.",
+        );
+    }
+    let me = lineage::me().member;
+    let (sys, content) = (pg::system_id(), settings::content_id());
+    let records = block_on(read_all(&storage.store, sys, content))
+        .unwrap_or_else(|e| errors::report(e, "yezzey_gc cannot read the lineage's records"));
+    // 1. What the store holds: this member's objects and forgotten members'.
+    let mut listed: Vec<ObjectMeta> = Vec::new();
+    let forgotten = records
+        .iter()
+        .filter(|r| r.state == MemberState::Forgotten && r.member != me)
+        .map(|r| r.member);
+    for m in std::iter::once(me).chain(forgotten) {
+        listed.extend(
+            block_on(storage.store.list(&names::writer_prefix(sys, content, m)))
+                .unwrap_or_else(|e| errors::report(e, "yezzey_gc cannot list objects")),
+        );
+    }
+    let state = pg::state();
+    fds::transient(fds::STATE_OP, || {
+        // 2. Uploads in progress (before maps: see state::gc).
+        let mut uploading = HashSet::new();
+        let mut stale_intents = Vec::new();
+        for (path, i) in state.intents() {
+            // SAFETY: signal 0 only checks that the process exists.
+            let alive = i.boot == pg::postmaster_start() && unsafe { libc::kill(i.pid, 0) } == 0;
+            if alive {
+                uploading.insert(i.name);
+            } else {
+                stale_intents.push(path);
+            }
+        }
+        // 3. Maps; those of databases that no longer exist are forgotten
+        //    (a dry run counts their objects as retired now).
+        let mut referenced = HashSet::new();
+        let mut dead: Vec<ForkMap> = Vec::new();
+        for m in state.read_maps() {
+            match m {
+                Ok(m) if !pg::database_exists(m.key.db) => dead.push(m),
+                Ok(m) => referenced.extend(m.object_names()),
+                Err(e) => errors::error(
+                    PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                    format!("yezzey: refusing to collect garbage with an unreadable map file: {e}"),
+                    "Restore the file from a backup, or remove it if its relation no longer exists.",
+                ),
+            }
+        }
+        if !dry_run && !dead.is_empty() {
+            forget_dead(&dead);
+        }
+        // 4. Retired records.
+        let mut retired: Vec<Retired> = Vec::new();
+        let mut retired_files = HashMap::new();
+        for (path, r) in state.retired() {
+            retired_files.insert(r.name.clone(), path);
+            retired.push(r);
+        }
+        if dry_run {
+            let (lsn, at) = (pg::current_lsn(), unix_now());
+            for m in &dead {
+                retired.extend(Retired::of(m, &m.segments, lsn, at).map(|(_, r)| r));
+            }
+        }
+        let plan = gc::decide(&Inputs {
+            me,
+            listed: &listed,
+            referenced: &referenced,
+            uploading: &uploading,
+            retired: &retired,
+            standby_horizon: pg::standby_horizon(),
+            now: unix_now(),
+            retention: settings::gc_retention(),
+            records: &records,
+        });
+        Collection {
+            plan,
+            retired_files,
+            stale_intents,
+        }
+    })
+}
+
+fn forget_dead(dead: &[ForkMap]) {
+    utility::forget_maps(dead);
+    let mut dbs: Vec<u32> = dead.iter().map(|m| m.key.db).collect();
+    dbs.sort_unstable();
+    dbs.dedup();
+    notice!(
+        "yezzey: forgot {} map(s) of databases that no longer exist (OIDs {dbs:?})",
+        dead.len()
+    );
+}
+
+fn carry_out(storage: &settings::Storage, c: &Collection) {
+    // Others learn what this member still needs before anything goes.
+    if let Err(e) = lineage::publish(storage, c.plan.holds.clone()) {
+        lineage::raise(e, "yezzey_gc cannot publish this cluster's lineage record");
+    }
+    for d in c
+        .plan
+        .decisions
+        .iter()
+        .filter(|d| d.verdict == Verdict::Delete)
+    {
+        block_on(storage.store.delete(&d.name))
+            .unwrap_or_else(|e| errors::report(e, "yezzey_gc cannot delete"));
+    }
+    fds::transient(1, || {
+        for name in &c.plan.released {
+            if let Some(p) = c.retired_files.get(name) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        for p in &c.stale_intents {
+            let _ = std::fs::remove_file(p);
+        }
+    });
+}

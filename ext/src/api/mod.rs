@@ -1,0 +1,8 @@
+//! The SQL functions, grouped by what a DBA does with them. Views and
+//! grants are in `sql/*.sql`.
+mod admin;
+mod gc;
+mod load;
+mod offload;
+mod relations;
+mod status;

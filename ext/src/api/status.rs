@@ -1,0 +1,164 @@
+//! What is offloaded and what it costs: per relation, per database, per
+//! segment object.
+use crate::pg::{self, PgLsn};
+use crate::{apply, errors, fds};
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+/// The offload state of one relation: `local`, `offloaded`, or `partially
+/// offloaded` (blocks were written since the offload and are local again),
+/// with local and remote sizes.
+#[pg_extern(sql = r#"
+CREATE FUNCTION yezzey_relation_status(rel regclass)
+RETURNS TABLE (state text, segments int, logical_bytes bigint, local_bytes bigint, remote_bytes bigint,
+               objects int, offloaded_at timestamptz, offload_lsn pg_lsn, written_by text)
+STABLE PARALLEL SAFE STRICT LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+"#)]
+#[allow(clippy::type_complexity)] // pgrx needs the row type spelled out
+fn yezzey_relation_status(
+    rel: pg_sys::Oid,
+) -> TableIterator<
+    'static,
+    (
+        name!(state, String),
+        name!(segments, i32),
+        name!(logical_bytes, i64),
+        name!(local_bytes, i64),
+        name!(remote_bytes, i64),
+        name!(objects, i32),
+        name!(offloaded_at, Option<TimestampWithTimeZone>),
+        name!(offload_lsn, Option<PgLsn>),
+        name!(written_by, Option<String>),
+    ),
+> {
+    let Some(key) = pg::relation(rel.to_u32()).and_then(|r| r.main_fork()) else {
+        errors::error(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("relation with OID {} has no storage", rel.to_u32()),
+            "Views and partitioned tables have no files; ask about a table, an index or a partition.",
+        );
+    };
+    let logical = pg::relation_size(rel.to_u32());
+    let (local, m) = fds::transient(fds::STATE_OP, || {
+        (apply::local_bytes(key) as i64, pg::state().read_map(key))
+    });
+    let row = match m {
+        None => (
+            "local".to_string(),
+            0,
+            logical,
+            local,
+            0,
+            0,
+            None,
+            None,
+            None,
+        ),
+        Some(m) => {
+            let state = if m.segments.iter().any(|s| s.written) {
+                "partially offloaded"
+            } else {
+                "offloaded"
+            };
+            (
+                state.to_string(),
+                m.segments.len() as i32,
+                logical,
+                local,
+                m.stored_bytes() as i64,
+                m.segments.len() as i32,
+                pg::timestamptz(m.offloaded_at),
+                Some(PgLsn(m.lsn)),
+                m.writer.map(|w| w.to_string()),
+            )
+        }
+    };
+    TableIterator::once(row)
+}
+
+/// Every offloaded relation fork of the current database (the view
+/// `yezzey_offloaded_relations` selects from this).
+#[pg_extern(stable, parallel_safe)]
+fn yezzey_offloaded() -> TableIterator<
+    'static,
+    (
+        name!(relfilenode, pg_sys::Oid),
+        name!(tablespace, pg_sys::Oid),
+        name!(segments, i32),
+        name!(remote_bytes, i64),
+        name!(raw_bytes, i64),
+        name!(evicted, bool),
+        name!(offload_lsn, PgLsn),
+    ),
+> {
+    let db = pg::my_database();
+    let maps = fds::transient(fds::STATE_OP, || pg::state().maps_of_database(db));
+    let rows: Vec<_> = maps
+        .into_iter()
+        .filter(|m| m.key.fork == yezzey_storage::key::Fork::MAIN)
+        .map(|m| {
+            (
+                pg_sys::Oid::from(m.key.rel),
+                pg_sys::Oid::from(m.key.spc),
+                m.segments.len() as i32,
+                m.stored_bytes() as i64,
+                m.raw_bytes() as i64,
+                m.evicted,
+                PgLsn(m.lsn),
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+/// Every offloaded segment of this cluster (all databases) with the name
+/// of its object.
+#[pg_extern(stable, parallel_safe)]
+#[allow(clippy::type_complexity)] // pgrx needs the row type spelled out
+fn yezzey_segments() -> TableIterator<
+    'static,
+    (
+        name!(database, pg_sys::Oid),
+        name!(tablespace, pg_sys::Oid),
+        name!(relfilenode, pg_sys::Oid),
+        name!(fork, String),
+        name!(segno, i32),
+        name!(object, String),
+        name!(written_by, Option<String>),
+        name!(remote_blocks, i64),
+        name!(raw_bytes, i64),
+        name!(stored_bytes, i64),
+        name!(written, bool),
+        name!(offload_lsn, PgLsn),
+    ),
+> {
+    let maps = fds::transient(fds::STATE_OP, || pg::state().read_maps());
+    let mut rows = Vec::new();
+    for m in maps {
+        let m = m.unwrap_or_else(|e| {
+            errors::error(
+                PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                format!("unreadable map file {e}"),
+                "Restore the file from a backup, or remove it if its relation no longer exists.",
+            )
+        });
+        for s in &m.segments {
+            rows.push((
+                pg_sys::Oid::from(m.key.db),
+                pg_sys::Oid::from(m.key.spc),
+                pg_sys::Oid::from(m.key.rel),
+                m.key.fork.name().to_string(),
+                s.segno as i32,
+                m.object_name(s).relative(),
+                m.writer.map(|w| w.to_string()),
+                s.blocks as i64,
+                s.raw_len as i64,
+                s.stored_len as i64,
+                s.written,
+                PgLsn(m.lsn),
+            ));
+        }
+    }
+    TableIterator::new(rows)
+}

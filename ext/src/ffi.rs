@@ -1,0 +1,109 @@
+//! Every function the C side calls by name: the storage-manager shim's
+//! callbacks (declared in `smgr_shim/src/yezzey_smgr.h`) and the background
+//! worker's entry point. Each is a thin, guarded wrapper; the work is in
+//! the module it names. Their signatures are checked against the header's
+//! bindings at compile time (`signatures_match_the_header`).
+use crate::{apply, errors, lineage, remote, utility, worker};
+use std::ffi::{c_char, c_void, CStr};
+use yezzey_smgr_shim::SegInfo;
+
+/// Fills `n` buffers with blocks `[first, first + n)` of an offloaded segment.
+///
+/// # Safety
+/// Called by the C shim with a valid segment and `n` valid page buffers.
+#[no_mangle]
+#[pgrx::pg_guard]
+pub unsafe extern "C-unwind" fn yezzey_remote_read(
+    seg: *const SegInfo,
+    first: u32,
+    n: u32,
+    buffers: *mut *mut c_void,
+) {
+    let mut bufs: Vec<&mut [u8]> = (0..n as usize)
+        .map(|i| {
+            std::slice::from_raw_parts_mut(
+                *buffers.add(i) as *mut u8,
+                yezzey_storage::key::BLOCK_SIZE,
+            )
+        })
+        .collect();
+    remote::read(&*seg, first, &mut bufs);
+}
+
+/// Starts fetching blocks that PostgreSQL announced it will read.
+///
+/// # Safety
+/// Called by the C shim with a valid segment pointer.
+#[no_mangle]
+#[pgrx::pg_guard]
+pub unsafe extern "C-unwind" fn yezzey_remote_prefetch(seg: *const SegInfo, first: u32, n: u32) {
+    remote::prefetch(&*seg, first, n);
+}
+
+/// After truncate, unlink, a reused relfilenumber or a first local write
+/// changed the shared map: makes the fork's map file say the same.
+#[no_mangle]
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn yezzey_map_persist(spc: u32, db: u32, rel: u32, fork: i32) {
+    if let Err(e) = apply::persist(spc, db, rel, fork) {
+        errors::io(
+            e,
+            &format!("yezzey: could not update the map file of relation {rel}"),
+        );
+    }
+}
+
+/// From the postmaster, when it creates shared memory: this start's
+/// lineage identity, then the map.
+#[no_mangle]
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn yezzey_map_load() {
+    lineage::decide_at_start();
+    apply::load_at_start();
+}
+
+/// Before CREATE DATABASE ... STRATEGY FILE_COPY (the template) and ALTER
+/// DATABASE ... SET TABLESPACE (`is_move`).
+#[no_mangle]
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn yezzey_refuse_database_copy(db: u32, name: *const c_char, is_move: bool) {
+    if db == 0 || name.is_null() {
+        return;
+    }
+    // SAFETY: the hook passes the statement's NUL-terminated name.
+    let name = unsafe { CStr::from_ptr(name) }.to_string_lossy();
+    utility::refuse_database_copy(db, &name, is_move);
+}
+
+/// After DROP DATABASE removed database `db`.
+#[no_mangle]
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn yezzey_forget_dropped_database(db: u32) {
+    utility::forget_dropped_database(db);
+}
+
+/// The lineage background worker's entry point.
+#[no_mangle]
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn yezzey_lineage_worker_main(_arg: pgrx::pg_sys::Datum) {
+    worker::main();
+}
+
+/// Fails to compile if a callback's signature differs from the header's.
+#[allow(dead_code, unused_assignments)]
+fn signatures_match_the_header() {
+    use yezzey_smgr_shim::callbacks as h;
+    let mut read: unsafe extern "C-unwind" fn(_, _, _, _) = h::yezzey_remote_read;
+    read = yezzey_remote_read;
+    let mut prefetch: unsafe extern "C-unwind" fn(_, _, _) = h::yezzey_remote_prefetch;
+    prefetch = yezzey_remote_prefetch;
+    let mut persist: unsafe extern "C-unwind" fn(_, _, _, _) = h::yezzey_map_persist;
+    persist = yezzey_map_persist;
+    let mut load: unsafe extern "C-unwind" fn() = h::yezzey_map_load;
+    load = yezzey_map_load;
+    let mut refuse: unsafe extern "C-unwind" fn(_, _, _) = h::yezzey_refuse_database_copy;
+    refuse = yezzey_refuse_database_copy;
+    let mut dropped: unsafe extern "C-unwind" fn(_) = h::yezzey_forget_dropped_database;
+    dropped = yezzey_forget_dropped_database;
+    let _ = (read, prefetch, persist, load, refuse, dropped);
+}
