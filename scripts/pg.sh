@@ -4,6 +4,8 @@
 #   pg.sh init [--no-yezzey]   create the cluster (yezzey preloaded unless told)
 #   pg.sh start|stop|restart|status
 #   pg.sh crash                kill -9 the postmaster (crash-recovery tests)
+#   The server runs with the open-file limit its OS user gets by default
+#   on Debian (soft 1024; YEZZEY_NOFILE overrides), as in production.
 #   pg.sh env                  print PG* variables for psql
 #   pg.sh standby DIR PORT [OPTION...]
 #                              base-back up the running cluster into DIR as a
@@ -11,6 +13,11 @@
 #                              options after PORT), with a physical
 #                              replication slot yz_<basename DIR> (start it with
 #                              YEZZEY_PGDATA=DIR YEZZEY_PGPORT=PORT pg.sh start)
+#   pg.sh backup DIR PORT [OPTION...]
+#                              base-back up the running cluster into DIR as a
+#                              copy to start on PORT as a cluster of its own
+#                              (a restored backup or a clone: no slot, no
+#                              standby.signal)
 source "$(dirname "$0")/common.sh"
 
 PGDATA=${YEZZEY_PGDATA:-$YZ_RUN/pgdata}
@@ -64,7 +71,9 @@ CONF
 }
 
 start() {
-    as_pg "$BIN/pg_ctl" -D "$PGDATA" -l "$LOGFILE" -w -t 60 start >/dev/null \
+    # (Set in the server user's own shell: runuser's PAM session resets it.)
+    as_pg bash -c 'ulimit -Sn "$0" && exec "$@"' "${YEZZEY_NOFILE:-1024}" \
+        "$BIN/pg_ctl" -D "$PGDATA" -l "$LOGFILE" -w -t 60 start >/dev/null \
         || { tail -30 "$LOGFILE"; die "postgres did not start"; }
 }
 
@@ -74,12 +83,16 @@ stop() {
 }
 
 crash() {
-    local pid
+    local pid kids
     pid=$(head -1 "$PGDATA/postmaster.pid")
-    kill -9 "$pid"
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-    # Children notice the postmaster's death and exit; wait for them.
-    for _ in $(seq 1 100); do pgrep -u "$YZ_OS_USER" -f "postgres:" >/dev/null || break; sleep 0.1; done
+    kids=$(pgrep -P "$pid" || true)
+    # Every process at once, as a power cut would: a backend must not go on
+    # with its work after its postmaster died.
+    # shellcheck disable=SC2086
+    kill -9 "$pid" $kids 2>/dev/null || true
+    for p in $pid $kids; do
+        for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
+    done
 }
 
 standby() {
@@ -93,6 +106,14 @@ standby() {
     echo "port = $port" | as_pg tee -a "$dir/postgresql.conf" >/dev/null
 }
 
+backup() {
+    local dir=$1 port=$2
+    shift 2
+    rm -rf "$dir"
+    as_pg "$BIN/pg_basebackup" -h "$SOCKDIR" -p "$PGPORT" -U postgres -D "$dir" -X stream -c fast "$@"
+    echo "port = $port" | as_pg tee -a "$dir/postgresql.conf" >/dev/null
+}
+
 case "${1:-}" in
     init) init "${2:-}" ;;
     start) start ;;
@@ -100,7 +121,8 @@ case "${1:-}" in
     restart) stop; start ;;
     crash) crash ;;
     standby) shift; standby "$@" ;;
+    backup) shift; backup "$@" ;;
     status) as_pg "$BIN/pg_ctl" -D "$PGDATA" status ;;
     env) printf 'export PGHOST=%s PGPORT=%s PGUSER=postgres PATH=%s:$PATH\n' "$SOCKDIR" "$PGPORT" "$BIN" ;;
-    *) die "usage: $0 init [--no-yezzey]|start|stop|restart|crash|status|env|standby DIR PORT [OPTION...]" ;;
+    *) die "usage: $0 init [--no-yezzey]|start|stop|restart|crash|status|env|standby DIR PORT [OPTION...]|backup DIR PORT [OPTION...]" ;;
 esac

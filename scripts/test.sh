@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: the storage core's unit tests, its integration tests
-# against a real Garage server, the extension's SQL tests, the offload
-# integration and crash tests, and PostgreSQL's own regression suite against
-# the patched server with yezzey preloaded.
+# against a real Garage server, clippy, the extension's SQL tests, the
+# integration tests (offload and read paths, crashes, lineages of standbys,
+# backups and clones, faults and full disks), and PostgreSQL's own
+# regression suite against the patched server with yezzey preloaded.
 # Sets up whatever is missing first; stops the servers it started.
 source "$(dirname "$0")/common.sh"
 S=$YZ_ROOT/scripts
@@ -40,10 +41,19 @@ suite() {
 
 suite "storage core (cargo test: unit + Garage integration)" \
     cargo test --release -q -p yezzey-storage
+suite "clippy (every crate and target, warnings are errors)" \
+    bash -c "PG_CONFIG=$PG_CONFIG cargo clippy --release -q -p yezzey-storage -p yezzey-bench -p yezzey-smgr-shim --all-targets -- -D warnings \
+             && PG_CONFIG=$PG_CONFIG cargo clippy --release -q -p yezzey --lib -- -D warnings"
 suite "extension SQL tests (pg_regress, yezzey preloaded)" bash "$YZ_ROOT/tests/run-sql-tests.sh"
 suite "extension refuses to load without shared_preload_libraries" bash "$YZ_ROOT/tests/test-preload-required.sh"
-suite "offload/load back: access paths, writes, GC, kill -9 at every step, faults (tests/test_offload.py)" \
+suite "offload and read paths, writes, GC in one cluster (tests/test_offload.py)" \
     python3 "$YZ_ROOT/tests/test_offload.py"
+suite "crashes: kill -9 at every step and at random, descriptor limits (tests/test_crash.py)" \
+    python3 "$YZ_ROOT/tests/test_crash.py"
+suite "lineages: standbys, restored backups, clones, promotion, PITR (tests/test_lineage.py)" \
+    python3 "$YZ_ROOT/tests/test_lineage.py"
+suite "faults: store down, frozen, refusing; full disks (tests/test_faults.py)" \
+    python3 "$YZ_ROOT/tests/test_faults.py"
 suite "PostgreSQL regression suite (installcheck, yezzey preloaded)" bash "$YZ_ROOT/tests/run-pg-regress.sh"
 
 echo

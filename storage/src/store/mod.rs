@@ -213,7 +213,11 @@ impl AnyStore {
 macro_rules! dispatch {
     ($self:ident, $s:ident => $e:expr) => {{
         // Never fails: the semaphore is not closed.
-        let _slot = $self.slots.acquire().await.expect("store slots are never closed");
+        let _slot = $self
+            .slots
+            .acquire()
+            .await
+            .expect("store slots are never closed");
         match &$self.backend {
             Backend::S3($s) => $e.await,
             Backend::Local($s) => $e.await,
