@@ -120,18 +120,12 @@ class Lineage(unittest.TestCase):
             self.assertEqual(gone & self.in_store(), set(), "GC kept the objects after the standby caught up")
 
             # A dropped database's maps go on the standby too.
-            MAIN.psql("DROP DATABASE IF EXISTS yz_standby_drop")
-            MAIN.q("CREATE DATABASE yz_standby_drop")
-            MAIN.q("CREATE EXTENSION yezzey", "yz_standby_drop")
-            make_table(MAIN, "cold", rows=20_000, db="yz_standby_drop")
-            MAIN.q("SELECT * FROM yezzey_offload_relation('cold')", "yz_standby_drop")
-            oid = MAIN.q("SELECT oid FROM pg_database WHERE datname = 'yz_standby_drop'")
+            oid = yz.database_with_offloaded_table(MAIN, "yz_standby_drop", rows=20_000)
             s.caught_up_with(MAIN)
-            of_db = f"SELECT count(*) FROM yezzey_segments() WHERE database = {oid}"
-            self.assertNotEqual(s.q(of_db), "0")
+            self.assertGreater(yz.offloaded_files_of_database(s, oid), 0)
             MAIN.q("DROP DATABASE yz_standby_drop")
             s.caught_up_with(MAIN)
-            self.assertEqual(s.q(of_db), "0")
+            self.assertEqual(yz.offloaded_files_of_database(s, oid), 0)
         finally:
             s.remove()
 
@@ -149,9 +143,7 @@ class Lineage(unittest.TestCase):
             s.caught_up_with(MAIN)
             for trial in range(3):
                 MAIN.q("CREATE TABLE rb AS SELECT * FROM rb_src; VACUUM (FREEZE) rb")
-                p = subprocess.Popen(["psql", "-XAtq", "-p", str(MAIN.port), "-c",
-                                      "SELECT * FROM yezzey_offload_relation('rb')"],
-                                     env=yz.ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                p = yz.offload_in_background(MAIN, "rb")
                 time.sleep(random.uniform(0, 1.5))
                 s.crash()
                 self.assertEqual(p.wait(), 0, p.stderr.read())
@@ -176,9 +168,7 @@ class Lineage(unittest.TestCase):
         objects are shared, and yezzey.gc_retention kept them. The backup is
         sent compressed (the holes' zeros cost next to nothing) and written
         out whole; its first start punches them."""
-        make_table(MAIN, "bk", rows=20_000)
-        MAIN.q("VACUUM (FREEZE) bk; SELECT * FROM yezzey_offload_relation('bk')")
-        expect = MAIN.checksum("bk")
+        expect = yz.offloaded_table(MAIN, "bk", 20_000)
         b = MAIN.backup("backup", yz.other_port(4), "--compress=server-lz4")
         try:
             gone = objects_of(MAIN, "bk")
@@ -202,20 +192,16 @@ class Lineage(unittest.TestCase):
         as its own cluster B, A offloads `newer`; then GC in B, and in A,
         in both directions, with yezzey.gc_retention = 0 in both."""
         a = MAIN
-        make_table(a, "old", rows=40_000)
-        a.q("VACUUM (FREEZE) old; SELECT * FROM yezzey_offload_relation('old')")
-        expect_old = a.checksum("old")
+        expect_old = yz.offloaded_table(a, "old", 40_000)
         b = a.backup("copy_b", yz.other_port(2))
         try:
             b.start()
             self.assertNotEqual(b.member(), a.member(), "a restored copy must be a member of its own")
-            self.assertEqual(b.q(f"SELECT parent FROM yezzey_lineage WHERE is_self"), a.member())
+            self.assertEqual(b.q("SELECT parent FROM yezzey_lineage WHERE is_self"), a.member())
             self.assertEqual(b.q("SELECT origin FROM yezzey_lineage WHERE is_self"), "backup")
             published(a, b.member())
 
-            make_table(a, "newer", rows=200_000)
-            a.q("VACUUM (FREEZE) newer; SELECT * FROM yezzey_offload_relation('newer')")
-            expect_newer = a.checksum("newer")
+            expect_newer = yz.offloaded_table(a, "newer", 200_000)
 
             # B collects: none of A's objects is B's to delete.
             self.assertEqual(b.q("SELECT deleted_objects FROM yezzey_gc()"), "0")
@@ -225,9 +211,7 @@ class Lineage(unittest.TestCase):
             self.assertEqual(a.checksum("old"), expect_old)
 
             # B offloads its own table; A collects: B's objects stay.
-            make_table(b, "b_own", rows=30_000)
-            b.q("VACUUM (FREEZE) b_own; SELECT * FROM yezzey_offload_relation('b_own')")
-            expect_b = b.checksum("b_own")
+            expect_b = yz.offloaded_table(b, "b_own", 30_000)
             b_objects = objects_of(b, "b_own")
             self.assertTrue(all(f"/m{b.member()}/" in n for n in b_objects))
             a.q("SELECT * FROM yezzey_gc()")
@@ -268,9 +252,7 @@ class Lineage(unittest.TestCase):
 
     def test_promoted_standby_is_a_member_of_its_own(self):
         a = MAIN
-        make_table(a, "pre", rows=40_000)
-        a.q("VACUUM (FREEZE) pre; SELECT * FROM yezzey_offload_relation('pre')")
-        expect_pre = a.checksum("pre")
+        expect_pre = yz.offloaded_table(a, "pre", 40_000)
         s = a.standby("promoted", yz.other_port(3))
         try:
             s.start()
@@ -283,9 +265,7 @@ class Lineage(unittest.TestCase):
             # It is no standby any more: its slot would hold A's garbage.
             a.q("SELECT pg_drop_replication_slot('yz_promoted')")
 
-            make_table(s, "s_own", rows=30_000)
-            s.q("VACUUM (FREEZE) s_own; SELECT * FROM yezzey_offload_relation('s_own')")
-            expect_s = s.checksum("s_own")
+            expect_s = yz.offloaded_table(s, "s_own", 30_000)
             pre_objects = objects_of(a, "pre")
             a.q("SELECT * FROM yezzey_load_relation('pre')")
             a.q("SELECT * FROM yezzey_gc()")

@@ -206,6 +206,34 @@ SELECT g, date '2023-01-01' + (g % 365), (g::bigint * 7919) % 100000 / 100.0,
 ANALYZE {name};""", db)
 
 
+def offloaded_table(c, name, rows, db="postgres"):
+    """make_table, frozen and offloaded; returns its checksum."""
+    make_table(c, name, rows=rows, db=db)
+    c.q(f"VACUUM (FREEZE) {name}; SELECT * FROM yezzey_offload_relation('{name}')", db)
+    return c.checksum(name, db=db)
+
+
+def database_with_offloaded_table(c, name, rows=30_000):
+    """A fresh database with yezzey and one offloaded table `cold`; its oid."""
+    c.psql(f"DROP DATABASE IF EXISTS {name}")
+    c.q(f"CREATE DATABASE {name}")
+    c.q("CREATE EXTENSION yezzey", name)
+    offloaded_table(c, "cold", rows, db=name)
+    return c.q(f"SELECT oid FROM pg_database WHERE datname = '{name}'")
+
+
+def offloaded_files_of_database(c, oid):
+    """How many offloaded segments of a database a cluster's maps name."""
+    return int(c.q(f"SELECT count(*) FROM yezzey_segments() WHERE database = {oid}"))
+
+
+def offload_in_background(c, table):
+    """Starts offloading a table in another session; returns the process."""
+    return subprocess.Popen(["psql", "-XAtq", "-p", str(c.port), "-c",
+                             f"SELECT * FROM yezzey_offload_relation('{table}')"],
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
 def make_wide_table(c, name, rows, db="postgres"):
     """The shape of the table the issue reports used (bigint, timestamptz,
     int, numeric, two text columns), no primary key: about 100 bytes a row."""

@@ -16,7 +16,6 @@
 use crate::{fault, fds, pg};
 use std::fs::{self, OpenOptions};
 use std::io;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use yezzey_smgr_shim::{map, SegInfo};
 use yezzey_storage::key::{Lsn, RelFork, BLOCK_SIZE};
@@ -206,19 +205,15 @@ pub fn punch(path: &Path, blocks: u32) -> io::Result<()> {
     if blocks == 0 {
         return Ok(());
     }
+    use rustix::fs::{fallocate, FallocateFlags};
     let f = OpenOptions::new().write(true).open(path)?;
-    // SAFETY: fallocate on a descriptor we own; KEEP_SIZE leaves the length alone.
-    let rc = unsafe {
-        libc::fallocate(
-            f.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            0,
-            (blocks as u64 * BLOCK_SIZE as u64) as libc::off_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // KEEP_SIZE leaves the length alone.
+    fallocate(
+        &f,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        0,
+        blocks as u64 * BLOCK_SIZE as u64,
+    )?;
     f.sync_all()
 }
 

@@ -121,8 +121,7 @@ pub fn notice(message: String, detail: String, hint: &str) {
 /// Raises an ERROR unless the session's role is a superuser; `what` names
 /// the action ("offload relations").
 pub fn require_superuser(what: &str) {
-    // SAFETY: reads the session's role.
-    if !unsafe { pgrx::pg_sys::superuser() } {
+    if !crate::pg::is_superuser() {
         error(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!("permission denied to {what}"),

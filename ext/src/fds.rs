@@ -12,7 +12,7 @@
 //!
 //! All of it runs on a process's main thread: fd.c is not thread-safe, and
 //! the runtime's threads only use descriptors already counted here.
-use pgrx::pg_sys;
+use crate::pg;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Descriptors reserved until dropped.
@@ -24,8 +24,7 @@ impl Reserved {
     pub fn acquire(n: usize) -> Option<Reserved> {
         let mut got = Reserved(0);
         for _ in 0..n {
-            // SAFETY: fd.c bookkeeping, on the main thread.
-            if !unsafe { pg_sys::AcquireExternalFD() } {
+            if !pg::acquire_external_fd() {
                 return None; // `got` releases what it took
             }
             got.0 += 1;
@@ -37,8 +36,7 @@ impl Reserved {
 impl Drop for Reserved {
     fn drop(&mut self) {
         for _ in 0..self.0 {
-            // SAFETY: releasing what this guard reserved.
-            unsafe { pg_sys::ReleaseExternalFD() };
+            pg::release_external_fd();
         }
     }
 }
@@ -47,8 +45,7 @@ impl Drop for Reserved {
 /// reserved (closing PostgreSQL's least recently used files if needed).
 pub fn transient<T>(n: usize, f: impl FnOnce() -> T) -> T {
     for _ in 0..n {
-        // SAFETY: fd.c bookkeeping, on the main thread; released below.
-        unsafe { pg_sys::ReserveExternalFD() };
+        pg::reserve_external_fd(); // released below
     }
     let _release = Reserved(n);
     f()
@@ -60,8 +57,7 @@ pub fn reserve_runtime() {
     static DONE: AtomicBool = AtomicBool::new(false);
     if !DONE.swap(true, Ordering::Relaxed) {
         for _ in 0..yezzey_storage::runtime::RUNTIME_FDS {
-            // SAFETY: fd.c bookkeeping, on the main thread; never released.
-            unsafe { pg_sys::ReserveExternalFD() };
+            pg::reserve_external_fd(); // never released
         }
     }
 }

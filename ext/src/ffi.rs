@@ -1,11 +1,48 @@
-//! Every function the C side calls by name: the storage-manager shim's
-//! callbacks (declared in `smgr_shim/src/yezzey_smgr.h`) and the background
-//! worker's entry point. Each is a thin, guarded wrapper; the work is in
-//! the module it names. Their signatures are checked against the header's
+//! Every function C calls: the storage-manager shim's callbacks (by name,
+//! declared in `smgr_shim/src/yezzey_smgr.h`), the WAL resource manager's
+//! (by pointer) and the background worker's entry point; and the shim's
+//! installation. Each is a thin, guarded wrapper; the work is in the module
+//! it names. The shim's callbacks are checked against the header's
 //! bindings at compile time (`signatures_match_the_header`).
-use crate::{apply, errors, lineage, remote, utility, worker};
+use crate::{apply, errors, lineage, remote, utility, wal, worker};
+use pgrx::pg_sys;
 use std::ffi::{c_char, c_void, CStr};
 use yezzey_smgr_shim::SegInfo;
+
+/// Registers the storage manager, its shared map and the utility hook, and
+/// the WAL resource manager. From `_PG_init`, while preloading (checked).
+pub fn install() {
+    assert!(
+        crate::pg::preloading(),
+        "yezzey installs only while preloading"
+    );
+    // SAFETY: inside shared_preload_libraries processing, once.
+    unsafe {
+        yezzey_smgr_shim::install();
+        yezzey_smgr_shim::install_utility_hook();
+    }
+    crate::pg::xlog::register(wal::RMGR_ID, c"yezzey", rmgr_redo, rmgr_desc, rmgr_identify);
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn rmgr_redo(record: *mut pg_sys::XLogReaderState) {
+    let (info, data) = crate::pg::xlog::parts(record);
+    wal::redo(info, data);
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn rmgr_desc(
+    buf: pg_sys::StringInfo,
+    record: *mut pg_sys::XLogReaderState,
+) {
+    let (_, data) = crate::pg::xlog::parts(record);
+    crate::pg::xlog::append(buf, &wal::describe(data));
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn rmgr_identify(info: u8) -> *const c_char {
+    wal::identify(info).map_or(std::ptr::null(), CStr::as_ptr)
+}
 
 /// Fills `n` buffers with blocks `[first, first + n)` of an offloaded segment.
 ///

@@ -6,10 +6,9 @@
 //! postgresql.conf rather than in one session.
 use crate::{errors, fds, pg};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
-use pgrx::pg_guard;
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::ffi::CString;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use yezzey_storage::cache::{CacheOptions, FrameCache};
@@ -41,124 +40,57 @@ pub static CONTENT_ID: GucSetting<i32> = GucSetting::<i32>::new(-1);
 pub static GC_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
 pub static FAULT_INJECTION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
-/// Bumped by every assignment of a storage setting, so that `storage()`
-/// compares the settings only after something may have changed rather than
-/// on every remote read.
-static SETTINGS_EPOCH: AtomicU64 = AtomicU64::new(1);
-
-#[pg_guard]
-unsafe extern "C-unwind" fn string_assigned(_new: *const c_char, _extra: *mut c_void) {
-    SETTINGS_EPOCH.fetch_add(1, Ordering::Relaxed);
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn int_assigned(_new: i32, _extra: *mut c_void) {
-    SETTINGS_EPOCH.fetch_add(1, Ordering::Relaxed);
-}
-
-/// A SIGHUP string setting that decides how this process reaches the store.
-fn string_guc(
-    name: &'static CStr,
-    short: &'static CStr,
-    long: &'static CStr,
-    setting: &'static GucSetting<Option<CString>>,
-    flags: GucFlags,
-) {
-    // SAFETY: the hook only bumps an atomic counter.
-    unsafe {
-        GucRegistry::define_string_guc_with_hooks(
-            name,
-            short,
-            long,
-            setting,
-            GucContext::Sighup,
-            flags,
-            None,
-            Some(string_assigned),
-            None,
-        )
-    }
-}
-
-/// A SIGHUP integer setting that decides how this process reaches the store.
-fn int_guc(
-    name: &'static CStr,
-    short: &'static CStr,
-    long: &'static CStr,
-    setting: &'static GucSetting<i32>,
-    min: i32,
-    max: i32,
-    flags: GucFlags,
-) {
-    // SAFETY: the hook only bumps an atomic counter.
-    unsafe {
-        GucRegistry::define_int_guc_with_hooks(
-            name,
-            short,
-            long,
-            setting,
-            min,
-            max,
-            GucContext::Sighup,
-            flags,
-            None,
-            Some(int_assigned),
-            None,
-        )
-    }
-}
-
 pub fn define() {
-    string_guc(
+    pg::guc::string_sighup(
         c"yezzey.storage_url",
         c"Where offloaded objects go: s3://bucket/prefix, or an absolute directory.",
         c"Empty disables offloading. Every server sharing objects (standbys, restored backups) must use the same URL.",
         &STORAGE_URL,
         GucFlags::default(),
     );
-    string_guc(
+    pg::guc::string_sighup(
         c"yezzey.s3_endpoint",
         c"S3 endpoint URL, e.g. http://127.0.0.1:3900; empty means AWS.",
         c"",
         &S3_ENDPOINT,
         GucFlags::default(),
     );
-    string_guc(
+    pg::guc::string_sighup(
         c"yezzey.s3_region",
         c"S3 region.",
         c"",
         &S3_REGION,
         GucFlags::default(),
     );
-    string_guc(
+    pg::guc::string_sighup(
         c"yezzey.s3_access_key_id",
         c"S3 access key id; empty reads AWS_ACCESS_KEY_ID or the AWS profile.",
         c"",
         &S3_ACCESS_KEY_ID,
         GucFlags::SUPERUSER_ONLY,
     );
-    string_guc(
+    pg::guc::string_sighup(
         c"yezzey.s3_secret_access_key",
         c"S3 secret access key; empty reads AWS_SECRET_ACCESS_KEY or the AWS profile.",
         c"",
         &S3_SECRET_ACCESS_KEY,
         GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
     );
-    string_guc(
+    pg::guc::string_sighup(
         c"yezzey.key_file",
         c"File of 256-bit encryption keys (hex, one per line, first is current); empty stores objects unencrypted.",
         c"",
         &KEY_FILE,
         GucFlags::SUPERUSER_ONLY,
     );
-    string_guc(
+    pg::guc::string_sighup(
         c"yezzey.cache_dir",
         c"Directory of the local cache of decoded frames; default $PGDATA/pg_yezzey/pgsql_tmp_cache.",
         c"",
         &CACHE_DIR,
         GucFlags::default(),
     );
-    int_guc(
+    pg::guc::int_sighup(
         c"yezzey.cache_size",
         c"Size limit of the local frame cache; 0 disables it.",
         c"",
@@ -167,7 +99,7 @@ pub fn define() {
         i32::MAX,
         GucFlags::UNIT_MB,
     );
-    int_guc(
+    pg::guc::int_sighup(
         c"yezzey.min_free_space",
         c"Free space yezzey leaves on the file systems it writes to.",
         c"The frame cache evicts (or stops caching) before free space on its file system drops below this; yezzey_load_relation refuses to start unless the relation and its WAL fit with this much to spare.",
@@ -176,7 +108,7 @@ pub fn define() {
         i32::MAX,
         GucFlags::UNIT_MB,
     );
-    int_guc(
+    pg::guc::int_sighup(
         c"yezzey.max_connections",
         c"Requests to the object store each process runs at once (and idle connections it keeps).",
         c"Bounds the sockets a process holds; they are reported to PostgreSQL's file descriptor accounting.",
@@ -185,7 +117,7 @@ pub fn define() {
         64,
         GucFlags::default(),
     );
-    int_guc(
+    pg::guc::int_sighup(
         c"yezzey.readahead",
         c"How much of a sequentially read object is fetched ahead; 0 disables readahead.",
         c"",
@@ -194,7 +126,7 @@ pub fn define() {
         1 << 20,
         GucFlags::UNIT_KB,
     );
-    int_guc(
+    pg::guc::int_sighup(
         c"yezzey.timeout",
         c"Timeout of one request to the object store (requests are tried up to 3 times).",
         c"",
@@ -203,7 +135,7 @@ pub fn define() {
         3600,
         GucFlags::UNIT_S,
     );
-    int_guc(
+    pg::guc::int_sighup(
         c"yezzey.frame_size",
         c"Raw size of the independently readable frames of new objects.",
         c"Must be a multiple of 8kB.",
@@ -212,7 +144,7 @@ pub fn define() {
         65536,
         GucFlags::UNIT_KB,
     );
-    int_guc(
+    pg::guc::int_sighup(
         c"yezzey.zstd_level",
         c"zstd level of new objects; 0 stores frames uncompressed.",
         c"",
@@ -320,7 +252,7 @@ pub fn storage() -> Arc<Storage> {
 
 /// [`storage`], returning the failure instead of raising it.
 pub fn try_storage() -> yezzey_storage::Result<Arc<Storage>> {
-    let epoch = SETTINGS_EPOCH.load(Ordering::Relaxed);
+    let epoch = pg::guc::epoch();
     let mut slot = STORAGE.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((e, _, s)) = slot.as_ref() {
         if *e == epoch {

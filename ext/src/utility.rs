@@ -13,12 +13,6 @@ use crate::{apply, errors, fds, pg, wal};
 use pgrx::PgSqlErrorCode;
 use yezzey_storage::state::map::ForkMap;
 
-/// Installs the hook (from _PG_init, chaining any hook loaded before us).
-pub fn install() {
-    // SAFETY: _PG_init runs once per process, before any utility command.
-    unsafe { yezzey_smgr_shim::install_utility_hook() };
-}
-
 /// Before CREATE DATABASE ... STRATEGY FILE_COPY (the template) and ALTER
 /// DATABASE ... SET TABLESPACE (`is_move`).
 pub fn refuse_database_copy(db: u32, name: &str, is_move: bool) {

@@ -8,7 +8,6 @@ use crate::{lineage, settings};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };
-use pgrx::pg_sys;
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
@@ -35,8 +34,7 @@ pub fn main() {
     let mut failing = false;
     loop {
         if BackgroundWorker::sighup_received() {
-            // SAFETY: rereading postgresql.conf in a worker's main loop.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            crate::pg::reload_config();
         }
         let wait = match publish_if_due(&mut last) {
             Ok(()) => {

@@ -113,6 +113,22 @@ page_is_zero(const void *page)
 	return true;
 }
 
+/* The shared map's entry for the segment holding block `blk`, if any. */
+static inline bool
+segment_of(SMgrRelation reln, ForkNumber forknum, BlockNumber blk, YzSegInfo *seg)
+{
+	RelFileLocator l = reln->smgr_rlocator.locator;
+
+	return yz_map_get(l.spcOid, l.dbOid, l.relNumber, forknum, blk / RELSEG_SIZE, seg);
+}
+
+/* How many of `left` blocks from `blk` on lie in blk's segment. */
+static inline BlockNumber
+in_segment(BlockNumber blk, BlockNumber left)
+{
+	return Min(left, RELSEG_SIZE - blk % RELSEG_SIZE);
+}
+
 /*
  * After md has read a range, fill the blocks that are holes (all zeros) in a
  * segment's remote range from object storage.  md reads first and the map is
@@ -154,18 +170,16 @@ static void
 read_segments(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 			  void **buffers, BlockNumber nblocks, bool md_done)
 {
-	RelFileLocator l = reln->smgr_rlocator.locator;
 	BlockNumber i = 0;
 
 	while (i < nblocks)
 	{
 		BlockNumber blk = blocknum + i;
 		BlockNumber first = blk % RELSEG_SIZE;
-		BlockNumber run = Min(nblocks - i, RELSEG_SIZE - first);
+		BlockNumber run = in_segment(blk, nblocks - i);
 		YzSegInfo	seg;
-		bool		found;
+		bool		found = segment_of(reln, forknum, blk, &seg);
 
-		found = yz_map_get(l.spcOid, l.dbOid, l.relNumber, forknum, blk / RELSEG_SIZE, &seg);
 		if (!md_done && found && !seg.written && first < seg.remote_blocks)
 		{
 			run = Min(run, seg.remote_blocks - first);
@@ -177,7 +191,7 @@ read_segments(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 			{
 				mdreadv(reln, forknum, blk, &buffers[i], run);
 				/* Look again: the segment may have been evicted meanwhile. */
-				found = yz_map_get(l.spcOid, l.dbOid, l.relNumber, forknum, blk / RELSEG_SIZE, &seg);
+				found = segment_of(reln, forknum, blk, &seg);
 			}
 			if (found)
 				fill_remote(&seg, first, &buffers[i], run);
@@ -229,18 +243,17 @@ static void
 write_segments(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 			   const void **buffers, BlockNumber nblocks, bool skipFsync)
 {
-	RelFileLocator l = reln->smgr_rlocator.locator;
 	BlockNumber i = 0;
 
 	while (i < nblocks)
 	{
 		BlockNumber blk = blocknum + i;
 		BlockNumber first = blk % RELSEG_SIZE;
-		BlockNumber run = Min(nblocks - i, RELSEG_SIZE - first);
+		BlockNumber run = in_segment(blk, nblocks - i);
 		YzSegInfo	seg;
 		BlockNumber j = 0;
 
-		if (!yz_map_get(l.spcOid, l.dbOid, l.relNumber, forknum, blk / RELSEG_SIZE, &seg))
+		if (!segment_of(reln, forknum, blk, &seg))
 		{
 			mdwritev(reln, forknum, blk, &buffers[i], run, skipFsync);
 			i += run;
@@ -354,12 +367,10 @@ yz_prefetch(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 	COUNT(YZ_CALL_PREFETCH);
 	if (unlikely(has_remote(reln)))
 	{
-		RelFileLocator l = reln->smgr_rlocator.locator;
 		YzSegInfo	seg;
 		uint32_t	first = blocknum % RELSEG_SIZE;
 
-		if (yz_map_get(l.spcOid, l.dbOid, l.relNumber, forknum, blocknum / RELSEG_SIZE, &seg) &&
-			first < seg.remote_blocks)
+		if (segment_of(reln, forknum, blocknum, &seg) && first < seg.remote_blocks)
 			yezzey_remote_prefetch(&seg, first, Min((uint32_t) nblocks, seg.remote_blocks - first));
 	}
 	return mdprefetch(reln, forknum, blocknum, nblocks);

@@ -48,6 +48,7 @@
 //! eviction run early; the evictor's directory scan corrects large drift.
 use crate::error::{Error, Result};
 use crate::format::BLOCK_SIZE;
+use crate::state::durable::FileLock;
 use lru::LruCache;
 use memmap2::MmapMut;
 use std::fs::{self, File, OpenOptions};
@@ -206,38 +207,6 @@ fn block_count(raw_len: usize) -> usize {
     raw_len.div_ceil(BLOCK_SIZE)
 }
 
-struct FileLock(File);
-
-impl FileLock {
-    fn acquire(path: &Path, blocking: bool) -> Result<Option<FileLock>> {
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
-        let op = libc::LOCK_EX | if blocking { 0 } else { libc::LOCK_NB };
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
-            Ok(Some(FileLock(f)))
-        } else {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
-                Ok(None)
-            } else {
-                Err(Error::io(path, e))
-            }
-        }
-    }
-}
-
-impl Drop for FileLock {
-    fn drop(&mut self) {
-        // SAFETY: unlocking our own fd (closing would too).
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
-    }
-}
-
 impl FrameCache {
     /// Opens (creating if needed) the cache in `dir`, limited to `limit`
     /// bytes, with the default options otherwise.
@@ -249,7 +218,7 @@ impl FrameCache {
     pub fn open_with(dir: &Path, opts: CacheOptions) -> Result<FrameCache> {
         let limit = opts.limit;
         fs::create_dir_all(dir.join("tmp")).map_err(|e| Error::io(dir, e))?;
-        let lock = FileLock::acquire(&dir.join("evict.lock"), true)?;
+        let lock = Self::lock(dir)?;
         let state_path = dir.join("state");
         let f = OpenOptions::new()
             .create(true)
@@ -325,13 +294,13 @@ impl FrameCache {
 
     /// Free bytes on the cache's file system (for unprivileged users).
     fn free_bytes(&self) -> Option<u64> {
-        let path = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()).ok()?;
-        // SAFETY: statvfs into a zeroed struct we own.
-        unsafe {
-            let mut st: libc::statvfs = std::mem::zeroed();
-            (libc::statvfs(path.as_ptr(), &mut st) == 0)
-                .then(|| st.f_bavail as u64 * st.f_frsize as u64)
-        }
+        crate::state::durable::free_bytes(&self.dir).ok()
+    }
+
+    /// The eviction lock: one process evicts or clears at a time.
+    fn lock(dir: &Path) -> Result<FileLock> {
+        let path = dir.join("evict.lock");
+        FileLock::acquire(&path).map_err(|e| Error::io(&path, e))
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -726,12 +695,19 @@ impl FrameCache {
     /// Evicts least-recently-used entries until `bytes` are freed (or none
     /// are left).
     fn evict_bytes(&self, bytes: u64) -> Result<()> {
-        let _lock = FileLock::acquire(&self.dir.join("evict.lock"), true)?;
-        let mut entries = self.scan()?;
+        let _lock = Self::lock(&self.dir)?;
+        self.evict_lru(self.scan()?, |freed| freed >= bytes);
+        Ok(())
+    }
+
+    /// Removes entries, least recently used first, until `done(bytes
+    /// freed)`; then every process drops the entries it holds open (an
+    /// unlinked file keeps its space while open). Call holding the lock.
+    fn evict_lru(&self, mut entries: Vec<(PathBuf, u64, SystemTime)>, done: impl Fn(u64) -> bool) {
         entries.sort_by_key(|e| e.2);
         let (mut freed, mut evicted) = (0, 0);
         for (path, size, _) in entries {
-            if freed >= bytes {
+            if done(freed) {
                 break;
             }
             if fs::remove_file(&path).is_ok() {
@@ -742,10 +718,8 @@ impl FrameCache {
         }
         self.counter(Counter::Evictions)
             .fetch_add(evicted, Ordering::Relaxed);
-        // Files other processes hold open free their space only once closed.
         self.counter(Counter::Generation)
             .fetch_add(1, Ordering::AcqRel);
-        Ok(())
     }
 
     /// Lists entries as (path, size, mtime).
@@ -777,13 +751,13 @@ impl FrameCache {
     /// Evicts least-recently-used entries until `need` more bytes fit under
     /// the low-water mark. One process evicts at a time; others wait for it.
     fn evict(&self, need: u64) -> Result<()> {
-        let _lock = FileLock::acquire(&self.dir.join("evict.lock"), true)?;
+        let _lock = Self::lock(&self.dir)?;
         let used = self.counter(Counter::Used);
         let target = ((self.limit as f64 * LOW_WATER) as u64).saturating_sub(need);
         if used.load(Ordering::Acquire) <= target {
             return Ok(()); // someone else just evicted
         }
-        let mut entries = self.scan()?;
+        let entries = self.scan()?;
         let on_disk: u64 = entries.iter().map(|e| e.1).sum();
         let counted = used.load(Ordering::Acquire);
         // Correct large over-counting (writers that crashed after reserving,
@@ -792,21 +766,7 @@ impl FrameCache {
         if counted > on_disk + self.limit / 2 {
             self.release(counted - on_disk - self.limit / 4);
         }
-        entries.sort_by_key(|e| e.2);
-        let mut evicted = 0;
-        for (path, size, _) in entries {
-            if used.load(Ordering::Acquire) <= target {
-                break;
-            }
-            if fs::remove_file(&path).is_ok() {
-                self.release(size);
-                evicted += 1;
-            }
-        }
-        self.counter(Counter::Evictions)
-            .fetch_add(evicted, Ordering::Relaxed);
-        self.counter(Counter::Generation)
-            .fetch_add(1, Ordering::AcqRel);
+        self.evict_lru(entries, |_| used.load(Ordering::Acquire) <= target);
         Ok(())
     }
 
@@ -814,7 +774,7 @@ impl FrameCache {
     /// any process fetch again from the objects; a reader in the middle of a
     /// read finishes it from the file it has open.
     pub fn clear(&self) -> Result<(u64, u64)> {
-        let _lock = FileLock::acquire(&self.dir.join("evict.lock"), true)?;
+        let _lock = Self::lock(&self.dir)?;
         let (mut n, mut bytes) = (0, 0);
         for (path, size, _) in self.scan()? {
             if fs::remove_file(&path).is_ok() {

@@ -9,79 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use yezzey_storage::cache::{FrameCache, HitCheck};
 use yezzey_storage::crypto::CipherImpl;
-use yezzey_storage::format::new_object_id;
-use yezzey_storage::format::{FormatOptions, BLOCK_SIZE};
+use yezzey_storage::format::BLOCK_SIZE;
 use yezzey_storage::keys::KeyRing;
 use yezzey_storage::reader::{ReadaheadConfig, RemoteReader};
 use yezzey_storage::runtime::block_on;
 use yezzey_storage::store::{AnyStore, ObjectStore};
-use yezzey_storage::upload::{upload, UploadOptions};
 use yezzey_storage::Error;
-
-const FRAME: u32 = 64 * 1024;
-
-fn opts() -> UploadOptions {
-    UploadOptions {
-        format: FormatOptions {
-            frame_size: FRAME,
-            ..Default::default()
-        },
-        part_size: 5 << 20,
-        ..Default::default()
-    }
-}
-
-fn put(store: &Arc<AnyStore>, name: &str, data: &[u8], keys: &KeyRing) -> u64 {
-    block_on(upload(
-        store,
-        name,
-        new_object_id(),
-        keys,
-        &opts(),
-        data,
-        |_| {},
-    ))
-    .unwrap()
-    .stored_len
-}
-
-fn reader(store: &Arc<AnyStore>, keys: &KeyRing, cache: Option<FrameCache>) -> RemoteReader {
-    RemoteReader::new(
-        store.clone(),
-        keys.clone(),
-        CipherImpl::default(),
-        cache,
-        ReadaheadConfig::default(),
-    )
-}
 
 fn store(test: &str) -> Arc<AnyStore> {
     garage(test)
-}
-
-fn read_all(r: &RemoteReader, name: &str, len: usize) -> Result<Vec<u8>, Error> {
-    read_all_pausing(r, name, len, Duration::ZERO)
-}
-
-/// Reads a whole object front to back, pausing after each read as a slow
-/// scan would.
-fn read_all_pausing(
-    r: &RemoteReader,
-    name: &str,
-    len: usize,
-    pause: Duration,
-) -> Result<Vec<u8>, Error> {
-    let mut out = vec![0u8; len];
-    let mut off = 0;
-    while off < len {
-        let n = (len - off).min(BLOCK_SIZE * 3);
-        r.read_blocking(name, off as u64, &mut out[off..off + n])?;
-        off += n;
-        if !pause.is_zero() {
-            std::thread::sleep(pause);
-        }
-    }
-    Ok(out)
 }
 
 #[test]

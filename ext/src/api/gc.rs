@@ -177,8 +177,7 @@ fn gather(storage: &settings::Storage, dry_run: bool) -> Collection {
         let mut uploading = HashSet::new();
         let mut stale_intents = Vec::new();
         for (path, i) in state.intents() {
-            // SAFETY: signal 0 only checks that the process exists.
-            let alive = i.boot == pg::postmaster_start() && unsafe { libc::kill(i.pid, 0) } == 0;
+            let alive = i.boot == pg::postmaster_start() && pg::process_exists(i.pid);
             if alive {
                 uploading.insert(i.name);
             } else {

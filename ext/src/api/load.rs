@@ -96,45 +96,23 @@ fn check_space(work: &[(Target, ForkMap)]) {
 }
 
 /// Rewrites every block of the remote ranges through the buffer manager:
-/// read (from the object), mark dirty and WAL-log as a full page. The
-/// writes go through the storage manager, which marks each segment written
-/// before its first block lands. Returns the number of blocks rewritten.
+/// read (from the object), mark dirty and WAL-log as a full page (its LSN
+/// is then newer than the offload's clean LSN, so the storage manager
+/// writes it, marking its segment written before the first block lands).
+/// Returns the number of blocks rewritten.
 fn load_one(t: &Target, m: &ForkMap) -> i64 {
     let per_segment = pg::blocks_per_segment();
     let mut loaded = 0i64;
-    // SAFETY: the relation is locked by us; the standard pattern of
-    // log_newpage_range(): buffer lock, critical section, dirty, log.
-    unsafe {
-        let rel = pg_sys::relation_open(t.oid.into(), pg_sys::NoLock as i32);
-        let strategy = pg_sys::GetAccessStrategy(pg_sys::BufferAccessStrategyType::BAS_BULKWRITE);
-        for s in &m.segments {
-            let first = s.segno * per_segment;
-            for blkno in first..first + s.blocks {
-                pgrx::check_for_interrupts!();
-                let buf = pg_sys::ReadBufferExtended(
-                    rel,
-                    pg_sys::ForkNumber::MAIN_FORKNUM,
-                    blkno,
-                    pg_sys::ReadBufferMode::RBM_NORMAL,
-                    strategy,
-                );
-                pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32);
-                pg_sys::CritSectionCount += 1;
-                pg_sys::MarkBufferDirty(buf);
-                pg_sys::log_newpage_buffer(buf, t.is_heap());
-                pg_sys::CritSectionCount -= 1;
-                pg_sys::UnlockReleaseBuffer(buf);
-            }
-            loaded += s.blocks as i64;
-            notice!(
-                "yezzey: loaded \"{}\" segment {} back ({:.1} MB)",
-                t.name,
-                s.segno,
-                mb(s.raw_len)
-            );
-        }
-        pg_sys::FreeAccessStrategy(strategy);
-        pg_sys::relation_close(rel, pg_sys::NoLock as i32);
+    for s in &m.segments {
+        let first = s.segno * per_segment;
+        pg::relation::rewrite_logged(t.oid, first..first + s.blocks, t.is_heap());
+        loaded += s.blocks as i64;
+        notice!(
+            "yezzey: loaded \"{}\" segment {} back ({:.1} MB)",
+            t.name,
+            s.segno,
+            mb(s.raw_len)
+        );
     }
     relations::flush(t);
     fault::point("after_fill");

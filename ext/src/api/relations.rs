@@ -128,24 +128,14 @@ pub fn expand(oid: u32, with_indexes: bool) -> Vec<Target> {
 /// transaction: plain readers go on; writers, row locks and VACUUM wait.
 pub fn lock_all(targets: &[Target]) {
     for t in targets {
-        // SAFETY: acquiring a heavyweight lock held until transaction end.
-        unsafe { pg_sys::LockRelationOid(t.oid.into(), pg_sys::ExclusiveLock as i32) };
+        pg::relation::lock_exclusive(t.oid);
     }
 }
 
 /// Flushes the relation's dirty buffers and fsyncs its main fork; returns
 /// its length in blocks.
 pub fn flush(t: &Target) -> u32 {
-    // SAFETY: the relation is locked by us; standard relcache/smgr calls.
-    unsafe {
-        let rel = pg_sys::relation_open(t.oid.into(), pg_sys::NoLock as i32);
-        pg_sys::FlushRelationBuffers(rel);
-        let smgr = pg_sys::RelationGetSmgr(rel);
-        let nblocks = pg_sys::smgrnblocks(smgr, pg_sys::ForkNumber::MAIN_FORKNUM);
-        pg_sys::smgrimmedsync(smgr, pg_sys::ForkNumber::MAIN_FORKNUM);
-        pg_sys::relation_close(rel, pg_sys::NoLock as i32);
-        nblocks
-    }
+    pg::relation::flush(t.oid)
 }
 
 /// Pages of a table that the visibility map does not show all-frozen.
@@ -154,14 +144,7 @@ pub fn unfrozen_pages(t: &Target, nblocks: u32) -> u32 {
     if !t.is_heap() {
         return 0;
     }
-    let (mut visible, mut frozen) = (0, 0);
-    // SAFETY: the relation is locked by us; a read of its visibility map.
-    unsafe {
-        let rel = pg_sys::relation_open(t.oid.into(), pg_sys::NoLock as i32);
-        pg_sys::visibilitymap_count(rel, &mut visible, &mut frozen);
-        pg_sys::relation_close(rel, pg_sys::NoLock as i32);
-    }
-    nblocks.saturating_sub(frozen)
+    nblocks.saturating_sub(pg::relation::all_frozen_pages(t.oid))
 }
 
 /// The segment files of a fork of `nblocks` blocks: (segno, blocks).

@@ -1,8 +1,8 @@
 //! Writing state files so that a crash leaves the old version or the new
 //! one, never a torn one; and the one inter-process lock yezzey uses.
+use rustix::fs::{flock, FlockOperation};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 /// Writes a file atomically and durably: temp file, fsync, rename, fsync
@@ -57,17 +57,17 @@ impl FileLock {
             .truncate(false)
             .write(true)
             .open(path)?;
-        let op = libc::LOCK_EX | if blocking { 0 } else { libc::LOCK_NB };
+        let op = if blocking {
+            FlockOperation::LockExclusive
+        } else {
+            FlockOperation::NonBlockingLockExclusive
+        };
         loop {
-            // SAFETY: flock on a descriptor we own.
-            if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
-                return Ok(Some(FileLock(f)));
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => return Ok(None),
-                _ => return Err(e),
+            match flock(&f, op) {
+                Ok(()) => return Ok(Some(FileLock(f))),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -75,9 +75,15 @@ impl FileLock {
 
 impl Drop for FileLock {
     fn drop(&mut self) {
-        // SAFETY: unlocking our own descriptor (closing it would too).
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+        // Closing the descriptor would release it too.
+        let _ = flock(&self.0, FlockOperation::Unlock);
     }
+}
+
+/// Free bytes on the file system holding `path`, for unprivileged users.
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    let st = rustix::fs::statvfs(path)?;
+    Ok(st.f_bavail * st.f_frsize)
 }
 
 /// Reads and parses every `*.json` file of a directory; unreadable ones

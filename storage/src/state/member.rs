@@ -44,18 +44,8 @@ impl Fingerprint {
     pub fn of(dir: &Path) -> io::Result<Fingerprint> {
         use std::os::unix::fs::MetadataExt;
         let md = std::fs::metadata(dir)?;
-        let path =
-            std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
-        // SAFETY: statfs into a zeroed struct we own.
-        let fsid = unsafe {
-            let mut st: libc::statfs = std::mem::zeroed();
-            if libc::statfs(path.as_ptr(), &mut st) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // fsid_t is two ints; some file systems (tmpfs) leave it zero.
-            let v: [i32; 2] = std::mem::transmute(st.f_fsid);
-            (v[0] as u32 as u64) << 32 | v[1] as u32 as u64
-        };
+        // Some file systems (tmpfs) report no id: the device number then.
+        let fsid = rustix::fs::statvfs(dir)?.f_fsid;
         Ok(Fingerprint {
             fsid: if fsid != 0 { fsid } else { md.dev() },
             inode: md.ino(),

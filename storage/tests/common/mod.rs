@@ -1,11 +1,19 @@
 //! Shared set-up for the integration tests: a real Garage S3 server started
 //! by scripts/test.sh (scripts/garage.sh), reached through the environment it
-//! exports. Without it the tests fail loudly rather than skip.
+//! exports (without it those tests fail loudly rather than skip), and the
+//! helpers every reader test uses, whatever the store.
 #![allow(dead_code)]
 use std::sync::Arc;
 use std::time::Duration;
+use yezzey_storage::cache::FrameCache;
+use yezzey_storage::crypto::CipherImpl;
+use yezzey_storage::format::{new_object_id, FormatOptions, BLOCK_SIZE};
 use yezzey_storage::keys::{Key, KeyRing};
+use yezzey_storage::reader::{ReadaheadConfig, RemoteReader};
+use yezzey_storage::runtime::block_on;
 use yezzey_storage::store::{AnyStore, Location, S3Settings};
+use yezzey_storage::upload::{upload, UploadOptions};
+use yezzey_storage::Error;
 
 pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -61,4 +69,66 @@ pub fn page_data(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+pub const FRAME: u32 = 64 * 1024;
+
+pub fn opts() -> UploadOptions {
+    UploadOptions {
+        format: FormatOptions {
+            frame_size: FRAME,
+            ..Default::default()
+        },
+        part_size: 5 << 20,
+        ..Default::default()
+    }
+}
+
+pub fn put(store: &Arc<AnyStore>, name: &str, data: &[u8], keys: &KeyRing) -> u64 {
+    block_on(upload(
+        store,
+        name,
+        new_object_id(),
+        keys,
+        &opts(),
+        data,
+        |_| {},
+    ))
+    .unwrap()
+    .stored_len
+}
+
+pub fn reader(store: &Arc<AnyStore>, keys: &KeyRing, cache: Option<FrameCache>) -> RemoteReader {
+    RemoteReader::new(
+        store.clone(),
+        keys.clone(),
+        CipherImpl::default(),
+        cache,
+        ReadaheadConfig::default(),
+    )
+}
+
+pub fn read_all(r: &RemoteReader, name: &str, len: usize) -> Result<Vec<u8>, Error> {
+    read_all_pausing(r, name, len, Duration::ZERO)
+}
+
+/// Reads a whole object front to back, pausing after each read as a slow
+/// scan would.
+pub fn read_all_pausing(
+    r: &RemoteReader,
+    name: &str,
+    len: usize,
+    pause: Duration,
+) -> Result<Vec<u8>, Error> {
+    let mut out = vec![0u8; len];
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(BLOCK_SIZE * 3);
+        r.read_blocking(name, off as u64, &mut out[off..off + n])?;
+        off += n;
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+    }
+    Ok(out)
 }
