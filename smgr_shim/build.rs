@@ -39,7 +39,16 @@ fn main() {
         "{} lacks smgr_select_hook: PostgreSQL was built without gp_patches/",
         smgr_h.display()
     );
+    let md_h = PathBuf::from(&include).join("storage/md.h");
+    let md = std::fs::read_to_string(&md_h)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", md_h.display()));
+    assert!(
+        md.contains("md_segment_blocks_hook"),
+        "{} lacks md_segment_blocks_hook: PostgreSQL was built without gp_patches/0002",
+        md_h.display()
+    );
     println!("cargo:rerun-if-changed={}", smgr_h.display());
+    println!("cargo:rerun-if-changed={}", md_h.display());
     println!("cargo:rerun-if-changed=src/yezzey_smgr.c");
     println!("cargo:rerun-if-changed=src/yezzey_smgr.h");
     println!("cargo:rerun-if-changed=src/yezzey_map.c");

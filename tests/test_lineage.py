@@ -75,7 +75,7 @@ class Lineage(unittest.TestCase):
             self.assertEqual(s.status("after_backup")[0], "offloaded")
             self.assertEqual(s.checksum("after_backup"), expect)
             used, size = s.local_bytes("after_backup")
-            self.assertLess(used, size // 4, "redo of the offload must punch the standby's local file")
+            self.assertLess(used, 64 * 1024, "redo of the offload must free the standby's local file")
 
             MAIN.q("UPDATE after_backup SET note = 'changed on the primary' WHERE id % 100 = 0")
             s.caught_up_with(MAIN)
@@ -165,9 +165,7 @@ class Lineage(unittest.TestCase):
     def test_restored_backup_reads_objects_kept_by_retention(self):
         """A base backup taken while a table was offloaded, restored after
         the primary loaded it back and ran GC, still reads the table: the
-        objects are shared, and yezzey.gc_retention kept them. The backup is
-        sent compressed (the holes' zeros cost next to nothing) and written
-        out whole; its first start punches them."""
+        objects are shared, and yezzey.gc_retention kept them."""
         expect = yz.offloaded_table(MAIN, "bk", 20_000)
         b = MAIN.backup("backup", yz.other_port(4), "--compress=server-lz4")
         try:
@@ -181,7 +179,7 @@ class Lineage(unittest.TestCase):
             self.assertEqual(b.status("bk")[0], "offloaded")
             self.assertEqual(b.checksum("bk"), expect)
             used, size = b.local_bytes("bk")
-            self.assertLess(used, size // 4, "the restored copy's first start must punch the zeros")
+            self.assertLess(used, 64 * 1024, "the backup carries the offloaded file's local bytes only")
         finally:
             b.remove()
 

@@ -36,6 +36,8 @@ def _pg_env():
 
 ENV = _pg_env()
 BASE_PORT = int(ENV["PGPORT"])
+# The patched server's programs (pg.sh env puts them first in PATH).
+BIN = ENV["PATH"].split(":")[0]
 MAIN_DATA = os.path.join(RUN, "pgdata")
 
 

@@ -81,7 +81,7 @@ pub fn offload(m: &ForkMap) -> io::Result<()> {
                 for s in &cur.segments {
                     put(&cur, s)?;
                     if !s.written {
-                        repunch(&pg::segment_path(cur.key, s.segno), s.blocks);
+                        evict_again(&pg::segment_path(cur.key, s.segno), s.blocks);
                     }
                 }
                 return Ok(());
@@ -96,7 +96,7 @@ pub fn offload(m: &ForkMap) -> io::Result<()> {
         write_from_shared(&mut m)?;
         fault::point("after_map");
         for (i, s) in m.segments.iter().enumerate() {
-            punch(&pg::segment_path(m.key, s.segno), s.blocks)?;
+            evict(&pg::segment_path(m.key, s.segno), s.blocks)?;
             if i == 0 {
                 fault::point("mid_punch");
             }
@@ -181,7 +181,7 @@ pub fn load_at_start() {
                 for s in &m.segments {
                     let _ = put(&m, s);
                     if !s.written {
-                        repunch(&pg::segment_path(m.key, s.segno), s.blocks);
+                        evict_again(&pg::segment_path(m.key, s.segno), s.blocks);
                     }
                 }
             }
@@ -198,56 +198,40 @@ pub fn load_at_start() {
     }
 }
 
-/// Frees the local copy of a segment's first `blocks` blocks, keeping the
-/// file's size (md still sees the whole segment; reads of the holes are
-/// served from the object).
-pub fn punch(path: &Path, blocks: u32) -> io::Result<()> {
+/// Frees the local copy of a segment's first `blocks` blocks (its remote
+/// range). A file that holds nothing beyond them is truncated to nothing:
+/// md takes the segment to be as long as its remote range (gp_patches/0002)
+/// and reads the blocks past the file's end as holes, which are served from
+/// the object; and a tool that copies the data directory copies nothing of
+/// it. A file with blocks beyond (written after an earlier offload) keeps
+/// its length and gets a hole instead.
+pub fn evict(path: &Path, blocks: u32) -> io::Result<()> {
+    use rustix::fs::{fallocate, FallocateFlags};
     if blocks == 0 {
         return Ok(());
     }
-    use rustix::fs::{fallocate, FallocateFlags};
     let f = OpenOptions::new().write(true).open(path)?;
-    // KEEP_SIZE leaves the length alone.
-    fallocate(
-        &f,
-        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-        0,
-        blocks as u64 * BLOCK_SIZE as u64,
-    )?;
+    let remote = blocks as u64 * BLOCK_SIZE as u64;
+    if f.metadata()?.len() <= remote {
+        f.set_len(0)?;
+    } else {
+        fallocate(
+            &f,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            0,
+            remote,
+        )?;
+    }
     f.sync_all()
 }
 
-/// Checks that the file system under `dir` punches holes (and frees the
-/// space): without that, offloading would not free anything.
-pub fn check_hole_punching(dir: &Path) -> io::Result<()> {
-    fds::transient(1, || {
-        let probe = dir.join(format!(".yezzey_probe_{}", std::process::id()));
-        let result = (|| {
-            use std::io::Write;
-            use std::os::unix::fs::MetadataExt;
-            let mut f = fs::File::create(&probe)?;
-            f.write_all(&vec![0x5a; 64 * 1024])?;
-            f.sync_all()?;
-            drop(f);
-            punch(&probe, 8)?;
-            let md = fs::metadata(&probe)?;
-            if md.len() != 64 * 1024 || md.blocks() * 512 > 16 * 1024 + 4096 {
-                return Err(io::Error::other("punching a hole did not free space"));
-            }
-            Ok(())
-        })();
-        let _ = fs::remove_file(&probe);
-        result
-    })
-}
-
-/// Frees the remote range of a segment that holds data again although no
-/// block of it was written since the offload: a restored base backup or a
-/// new standby, whose copy read the holes as zeros. Safe because reads of an
-/// unwritten segment's remote range never look at the local file, and a
-/// write after the backup started comes back from WAL (redo writes it
+/// Evicts again a segment that holds data in its remote range although no
+/// block of it was written since the offload: a copy made before eviction
+/// finished, or by a tool that filled holes with zeros. Safe because reads
+/// of an unwritten segment's remote range never look at the local file,
+/// and a write after the copy was made comes back from WAL (redo writes it
 /// through the storage manager, which marks the segment written first).
-fn repunch(path: &Path, blocks: u32) {
+fn evict_again(path: &Path, blocks: u32) {
     use std::os::unix::fs::MetadataExt;
     let Ok(md) = fs::metadata(path) else {
         return;
@@ -257,7 +241,7 @@ fn repunch(path: &Path, blocks: u32) {
     if md.blocks() * 512 <= tail + 64 * 1024 {
         return;
     }
-    if let Err(e) = punch(path, blocks) {
+    if let Err(e) = evict(path, blocks) {
         pgrx::warning!("yezzey: could not free {}: {e}", path.display());
     }
 }

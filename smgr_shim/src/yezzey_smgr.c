@@ -9,6 +9,11 @@
  * Until the first such write, a segment's remote range is known to be all
  * holes, and reads skip md and go straight to the object.
  *
+ * An offloaded segment's local file holds only what was written since the
+ * offload (eviction truncates it; gp_patches/0002 lets md treat a segment as
+ * long as its remote range, reading blocks past the file's end as holes), so
+ * backup tools that copy files copy only local bytes.
+ *
  * A write of a page the object already holds is not a write: a page of a
  * remote range whose LSN is no later than the map's clean LSN (taken before
  * the upload's flush) differs from the object's copy in hint bits at most,
@@ -42,6 +47,7 @@ static uint64_t opened_md;
 
 static SMgrId yz_smgr_id = -1;
 static smgr_select_hook_type prev_select_hook = NULL;
+static md_segment_blocks_hook_type prev_segment_blocks_hook = NULL;
 
 #define COUNT(c) (call_counts[(c)]++)
 
@@ -97,6 +103,29 @@ has_remote(SMgrRelation reln)
 	if (likely(c != NULL && c->generation == gen))
 		return c->has_remote;
 	return has_remote_slow(reln, gen);
+}
+
+/*
+ * md's view of a segment's length (md_segment_blocks_hook): at least its
+ * remote range, whatever the local file holds.  Called for every segment md
+ * sizes, possibly in a critical section, so it allocates nothing: relations
+ * md serves directly (temporary ones) and relations without remote segments
+ * cost a comparison and, while nothing about the map changed, one atomic
+ * read.
+ */
+static BlockNumber
+yz_segment_blocks(SMgrRelation reln, ForkNumber forknum, BlockNumber segno)
+{
+	RelFileLocator l = reln->smgr_rlocator.locator;
+	YzRelCache *c = reln->smgr_private;
+	YzSegInfo	seg;
+
+	if (reln->smgr_which != yz_smgr_id ||
+		(c != NULL && c->generation == yz_map_generation() ? !c->has_remote
+		 : !yz_map_rel_has_remote(l.spcOid, l.dbOid, l.relNumber)) ||
+		!yz_map_get(l.spcOid, l.dbOid, l.relNumber, forknum, segno, &seg))
+		return prev_segment_blocks_hook ? prev_segment_blocks_hook(reln, forknum, segno) : 0;
+	return seg.remote_blocks;
 }
 
 static bool
@@ -503,6 +532,8 @@ yz_smgr_install(void)
 	yz_smgr_id = smgr_register(&yz_smgr);
 	prev_select_hook = smgr_select_hook;
 	smgr_select_hook = yz_select;
+	prev_segment_blocks_hook = md_segment_blocks_hook;
+	md_segment_blocks_hook = yz_segment_blocks;
 	return yz_smgr_id;
 }
 

@@ -7,9 +7,13 @@
 //! sat on this disk before offload, so caching them in the clear exposes
 //! nothing new (put the cache on the data directory's file system).
 //!
-//! **Layout.** `<dir>/state` (a shared, memory-mapped page of counters),
-//! `<dir>/evict.lock`, `<dir>/tmp/`, and entries `<dir>/<xx>/<hash>`, where
-//! `hash` is xxh3_128 of (object name, frame number). An entry is a 64-byte
+//! **Layout.** `<dir>/pgsql_tmp.state` (a shared, memory-mapped page of
+//! counters), `<dir>/pgsql_tmp.evict.lock`, `<dir>/pgsql_tmp.tmp/`, and
+//! entries `<dir>/<xx>/pgsql_tmp<hash>`, where `hash` is xxh3_128 of (object
+//! name, frame number). Every file's name starts with `pgsql_tmp`, the
+//! prefix of PostgreSQL's temporary files, which `pg_basebackup`, Barman,
+//! pgBackRest and the usual rsync recipes leave out: a backup of a data
+//! directory holding the cache carries none of it. An entry is a 64-byte
 //! header (magic, raw length, block count, key hash, flags), one xxh3_64 per
 //! 8 KiB block, then the raw frame. An entry written for a reader that
 //! verifies some blocks itself ([`HitCheck::SkipIf`]: PostgreSQL's page
@@ -38,7 +42,7 @@
 //! **Size limit across processes.** `used` bytes live in the shared state
 //! page. A writer *reserves* its entry's size with a compare-and-swap that
 //! never takes `used` past the limit; when it does not fit, the writer takes
-//! `evict.lock` (flock) and evicts least-recently-used entries (by mtime,
+//! `pgsql_tmp.evict.lock` (flock) and evicts least-recently-used entries (by mtime,
 //! which a hit refreshes at most every few seconds per entry) down to the
 //! low-water mark. Reservations precede publication, so the bytes on disk
 //! never exceed the counter, and the counter never exceeds the limit.
@@ -71,6 +75,11 @@ const FLAGS_AT: usize = 32;
 /// [`HitCheck::SkipIf`] did not skip (others read as 0).
 const SUMS_PARTIAL: u8 = 1;
 const STATE_LEN: usize = 4096;
+/// PostgreSQL's prefix of temporary files, which backup tools leave out.
+const TEMP_PREFIX: &str = "pgsql_tmp";
+const STATE_FILE: &str = "pgsql_tmp.state";
+const LOCK_FILE: &str = "pgsql_tmp.evict.lock";
+const TMP_DIR: &str = "pgsql_tmp.tmp";
 /// A hit refreshes an entry's mtime (its LRU position) at most this often.
 const TOUCH_INTERVAL: Duration = Duration::from_secs(5);
 /// Eviction frees down to this fraction of the limit.
@@ -217,9 +226,9 @@ impl FrameCache {
     /// Opens (creating if needed) the cache in `dir`.
     pub fn open_with(dir: &Path, opts: CacheOptions) -> Result<FrameCache> {
         let limit = opts.limit;
-        fs::create_dir_all(dir.join("tmp")).map_err(|e| Error::io(dir, e))?;
+        fs::create_dir_all(dir.join(TMP_DIR)).map_err(|e| Error::io(dir, e))?;
         let lock = Self::lock(dir)?;
-        let state_path = dir.join("state");
+        let state_path = dir.join(STATE_FILE);
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -299,7 +308,7 @@ impl FrameCache {
 
     /// The eviction lock: one process evicts or clears at a time.
     fn lock(dir: &Path) -> Result<FileLock> {
-        let path = dir.join("evict.lock");
+        let path = dir.join(LOCK_FILE);
         FileLock::acquire(&path).map_err(|e| Error::io(&path, e))
     }
 
@@ -318,7 +327,7 @@ impl FrameCache {
 
     fn entry_path(&self, key: u128) -> PathBuf {
         let h = format!("{key:032x}");
-        self.dir.join(&h[..2]).join(&h)
+        self.dir.join(&h[..2]).join(format!("{TEMP_PREFIX}{h}"))
     }
 
     /// This process's open entries, emptied first if entries were removed
@@ -617,7 +626,10 @@ impl FrameCache {
         }
         let mut r = [0u8; 8];
         getrandom::fill(&mut r).expect("OS random source");
-        let tmp = self.dir.join("tmp").join(hex::encode(r));
+        let tmp = self
+            .dir
+            .join(TMP_DIR)
+            .join(format!("{TEMP_PREFIX}{}", hex::encode(r)));
         // Publish with link(): atomic like rename, but it fails if another
         // process published the same frame first, so an entry is never
         // replaced and its bytes never counted twice.

@@ -159,35 +159,71 @@ fn gather(storage: &settings::Storage, dry_run: bool) -> Collection {
     let (sys, content) = (pg::system_id(), settings::content_id());
     let records = block_on(read_all(&storage.store, sys, content))
         .unwrap_or_else(|e| errors::report(e, "yezzey_gc cannot read the lineage's records"));
-    // 1. What the store holds: this member's objects and forgotten members'.
-    let mut listed: Vec<ObjectMeta> = Vec::new();
+    // In the order state::gc requires: the store first, then this server.
     let forgotten = records
         .iter()
         .filter(|r| r.state == MemberState::Forgotten && r.member != me)
         .map(|r| r.member);
-    for m in std::iter::once(me).chain(forgotten) {
+    let listed = list_writers(storage, std::iter::once(me).chain(forgotten));
+    let local = fds::transient(fds::STATE_OP, || LocalState::read(dry_run));
+    let plan = gc::decide(&Inputs {
+        me,
+        listed: &listed,
+        referenced: &local.referenced,
+        uploading: &local.uploading,
+        retired: &local.retired,
+        standby_horizon: pg::standby_horizon(),
+        now: unix_now(),
+        retention: settings::gc_retention(),
+        records: &records,
+    });
+    Collection {
+        plan,
+        retired_files: local.retired_files,
+        stale_intents: local.stale_intents,
+    }
+}
+
+/// The objects the given lineage members wrote.
+fn list_writers(
+    storage: &settings::Storage,
+    writers: impl Iterator<Item = yezzey_storage::key::MemberId>,
+) -> Vec<ObjectMeta> {
+    let (sys, content) = (pg::system_id(), settings::content_id());
+    let mut listed = Vec::new();
+    for m in writers {
         listed.extend(
             block_on(storage.store.list(&names::writer_prefix(sys, content, m)))
                 .unwrap_or_else(|e| errors::report(e, "yezzey_gc cannot list objects")),
         );
     }
-    let state = pg::state();
-    fds::transient(fds::STATE_OP, || {
-        // 2. Uploads in progress (before maps: see state::gc).
-        let mut uploading = HashSet::new();
-        let mut stale_intents = Vec::new();
+    listed
+}
+
+/// This server's side of a collection: uploads in progress, then maps,
+/// then retired records (that order: see `state::gc`).
+struct LocalState {
+    uploading: HashSet<String>,
+    stale_intents: Vec<PathBuf>,
+    referenced: HashSet<String>,
+    retired: Vec<Retired>,
+    retired_files: HashMap<String, PathBuf>,
+}
+
+impl LocalState {
+    fn read(dry_run: bool) -> LocalState {
+        let state = pg::state();
+        let (mut uploading, mut stale_intents) = (HashSet::new(), Vec::new());
         for (path, i) in state.intents() {
-            let alive = i.boot == pg::postmaster_start() && pg::process_exists(i.pid);
-            if alive {
+            if i.boot == pg::postmaster_start() && pg::process_exists(i.pid) {
                 uploading.insert(i.name);
             } else {
                 stale_intents.push(path);
             }
         }
-        // 3. Maps; those of databases that no longer exist are forgotten
-        //    (a dry run counts their objects as retired now).
-        let mut referenced = HashSet::new();
-        let mut dead: Vec<ForkMap> = Vec::new();
+        // Maps of databases that no longer exist are forgotten (a dry run
+        // counts their objects as retired now).
+        let (mut referenced, mut dead) = (HashSet::new(), Vec::new());
         for m in state.read_maps() {
             match m {
                 Ok(m) if !pg::database_exists(m.key.db) => dead.push(m),
@@ -202,9 +238,7 @@ fn gather(storage: &settings::Storage, dry_run: bool) -> Collection {
         if !dry_run && !dead.is_empty() {
             forget_dead(&dead);
         }
-        // 4. Retired records.
-        let mut retired: Vec<Retired> = Vec::new();
-        let mut retired_files = HashMap::new();
+        let (mut retired, mut retired_files) = (Vec::new(), HashMap::new());
         for (path, r) in state.retired() {
             retired_files.insert(r.name.clone(), path);
             retired.push(r);
@@ -215,23 +249,14 @@ fn gather(storage: &settings::Storage, dry_run: bool) -> Collection {
                 retired.extend(Retired::of(m, &m.segments, lsn, at).map(|(_, r)| r));
             }
         }
-        let plan = gc::decide(&Inputs {
-            me,
-            listed: &listed,
-            referenced: &referenced,
-            uploading: &uploading,
-            retired: &retired,
-            standby_horizon: pg::standby_horizon(),
-            now: unix_now(),
-            retention: settings::gc_retention(),
-            records: &records,
-        });
-        Collection {
-            plan,
-            retired_files,
+        LocalState {
+            uploading,
             stale_intents,
+            referenced,
+            retired,
+            retired_files,
         }
-    })
+    }
 }
 
 fn forget_dead(dead: &[ForkMap]) {

@@ -10,8 +10,9 @@
 //!      the file as one object named with this cluster's lineage member;
 //!   3. WAL-log the new map (OFFLOAD) and flush it;
 //!   4. publish the map (shared memory, then `pg_yezzey/map/*.json`);
-//!   5. punch the segments' blocks out of the local files (same size, no
-//!      space) and mark the map file evicted; drop the intents.
+//!   5. truncate the local segment files (md takes them to be as long as
+//!      their remote range, and reads past their end as holes) and mark the
+//!      map file evicted; drop the intents.
 //!
 //! A crash before 3 leaves the relation local and objects that GC removes
 //! (their intents are from a dead server); after 3, redo or startup finishes
@@ -61,9 +62,6 @@ fn yezzey_offload_relation(
     let targets = relations::expand(rel.to_u32(), with_indexes);
     relations::lock_all(&targets);
     let mut rows = Vec::new();
-    // Each directory's file system is probed once per call (a partitioned
-    // table of thousands of leaves has one directory).
-    let mut probed = std::collections::HashSet::new();
     for (i, t) in targets.iter().enumerate() {
         if yezzey_smgr_shim::map::has_remote(t.key.spc, t.key.db, t.key.rel) {
             if i == 0 && t.oid == rel.to_u32() {
@@ -76,7 +74,7 @@ fn yezzey_offload_relation(
             notice!("yezzey: \"{}\" is already offloaded, skipping", t.name);
             continue;
         }
-        let m = offload_one(&storage, t, &mut probed);
+        let m = offload_one(&storage, t);
         let (raw, stored) = m
             .as_ref()
             .map_or((0, 0), |m| (m.raw_bytes(), m.stored_bytes()));
@@ -99,17 +97,14 @@ fn require_hint_bits_logged() {
 }
 
 /// Offloads one relation's main fork; `None` when it has no blocks.
-fn offload_one(
-    storage: &settings::Storage,
-    t: &Target,
-    probed: &mut std::collections::HashSet<std::path::PathBuf>,
-) -> Option<ForkMap> {
+fn offload_one(storage: &settings::Storage, t: &Target) -> Option<ForkMap> {
     let clean_lsn = pg::insert_lsn();
     let nblocks = relations::flush(t);
     advise_freeze(t, nblocks);
     let segs = relations::segments_of(nblocks);
-    let first = segs.first()?;
-    check_hole_punching(t, pg::segment_path(t.key, first.0), probed);
+    if segs.is_empty() {
+        return None;
+    }
     let mut uploads = Uploads {
         storage,
         names: Vec::new(),
@@ -156,30 +151,6 @@ fn advise_freeze(t: &Target, nblocks: u32) {
     }
 }
 
-fn check_hole_punching(
-    t: &Target,
-    first_segment: std::path::PathBuf,
-    probed: &mut std::collections::HashSet<std::path::PathBuf>,
-) {
-    let dir = first_segment
-        .parent()
-        .expect("a segment file has a directory");
-    if !probed.insert(dir.to_path_buf()) {
-        return;
-    }
-    if let Err(e) = apply::check_hole_punching(dir) {
-        errors::error(
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!(
-                "cannot offload \"{}\": the file system under {} cannot punch holes: {e}",
-                t.name,
-                dir.display()
-            ),
-            "yezzey frees local space with fallocate(PUNCH_HOLE); use ext4, xfs, btrfs or tmpfs for the data directory.",
-        );
-    }
-}
-
 /// The objects one relation's offload uploads: on an error, deleted with
 /// their intents before the error is raised; once the offload is
 /// WAL-logged, their intents are dropped ([`Uploads::done`]).
@@ -211,9 +182,8 @@ impl Uploads<'_> {
         (i, n): (usize, usize),
     ) -> SegmentMeta {
         let name = self.name(t.key, segno);
-        let state = pg::state();
         let intent = fds::transient(fds::STATE_OP, || {
-            state.add_intent(&name, std::process::id() as i32, pg::postmaster_start())
+            pg::state().add_intent(&name, std::process::id() as i32, pg::postmaster_start())
         });
         if let Err(e) = intent {
             self.abandon();
@@ -224,34 +194,17 @@ impl Uploads<'_> {
         }
         self.names.push(name);
         fault::point("before_upload");
-        let path = pg::segment_path(t.key, segno);
         let started = Instant::now();
-        let storage = self.storage;
-        let result = fds::transient(1, || {
-            File::open(&path)
-                .map_err(|e| yezzey_storage::Error::io(&path, e))
-                .and_then(|f| {
-                    use std::io::Read;
-                    block_on(yezzey_storage::upload::upload(
-                        &storage.store,
-                        &name.relative(),
-                        name.object_id.0,
-                        &storage.keys,
-                        &storage.upload,
-                        f.take(blocks as u64 * BLOCK_SIZE as u64),
-                        |_| {},
-                    ))
-                })
-        });
-        let up = match result {
+        let up = match self.upload_file(&pg::segment_path(t.key, segno), blocks, &name) {
             Ok(up) => up,
             Err(e) => {
                 self.abandon();
+                let to = &self.storage.describe;
                 errors::report(
                     e,
                     &format!(
-                        "could not offload segment {segno} of \"{}\" to {}",
-                        t.name, storage.describe
+                        "could not offload segment {segno} of \"{}\" to {to}",
+                        t.name
                     ),
                 );
             }
@@ -283,6 +236,29 @@ impl Uploads<'_> {
             stored_len: up.stored_len,
             written: false,
         }
+    }
+
+    /// The first `blocks` blocks of a segment file, as object `name`.
+    fn upload_file(
+        &self,
+        path: &std::path::Path,
+        blocks: u32,
+        name: &ObjectName,
+    ) -> yezzey_storage::Result<yezzey_storage::upload::Uploaded> {
+        let storage = self.storage;
+        fds::transient(1, || {
+            let f = File::open(path).map_err(|e| yezzey_storage::Error::io(path, e))?;
+            use std::io::Read;
+            block_on(yezzey_storage::upload::upload(
+                &storage.store,
+                &name.relative(),
+                name.object_id.0,
+                &storage.keys,
+                &storage.upload,
+                f.take(blocks as u64 * BLOCK_SIZE as u64),
+                |_| {},
+            ))
+        })
     }
 
     /// Deletes what was uploaded (before the offload was logged).

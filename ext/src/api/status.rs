@@ -39,7 +39,7 @@ fn yezzey_relation_status(
             "Views and partitioned tables have no files; ask about a table, an index or a partition.",
         );
     };
-    let logical = pg::relation_size(rel.to_u32());
+    let logical = pg::relation::logical_bytes(rel.to_u32()) as i64;
     let (local, m) = fds::transient(fds::STATE_OP, || {
         (apply::local_bytes(key) as i64, pg::state().read_map(key))
     });

@@ -81,11 +81,6 @@ pub fn select_i64(query: &str) -> Option<i64> {
         .unwrap_or_else(|e| spi_error(e))
 }
 
-/// `pg_relation_size` of the main fork (0 if it cannot be read).
-pub fn relation_size(oid: u32) -> i64 {
-    select_i64(&format!("SELECT pg_relation_size({oid})")).unwrap_or(0)
-}
-
 /// Whether a database exists, from the catalog as it is now (not from the
 /// transaction's snapshot: a database created since must count).
 pub fn database_exists(db: u32) -> bool {

@@ -18,7 +18,7 @@ pub mod guc;
 pub mod relation;
 pub mod xlog;
 
-pub use catalog::{database_exists, oids, relation, relation_size, standby_horizon};
+pub use catalog::{database_exists, oids, relation, standby_horizon};
 
 /// The data directory (PostgreSQL sets it before any extension code runs).
 pub fn data_dir() -> PathBuf {

@@ -25,6 +25,23 @@ pub fn flush(oid: u32) -> u32 {
     }
 }
 
+/// The main fork's length in bytes as the storage manager sees it: for an
+/// offloaded relation more than its local files hold (`pg_relation_size`
+/// counts the files).
+pub fn logical_bytes(oid: u32) -> u64 {
+    // SAFETY: opening with AccessShareLock, released at close; an smgr call.
+    let nblocks = unsafe {
+        let rel = pg_sys::relation_open(oid.into(), pg_sys::AccessShareLock as i32);
+        let n = pg_sys::smgrnblocks(
+            pg_sys::RelationGetSmgr(rel),
+            pg_sys::ForkNumber::MAIN_FORKNUM,
+        );
+        pg_sys::relation_close(rel, pg_sys::AccessShareLock as i32);
+        n
+    };
+    nblocks as u64 * pg_sys::BLCKSZ as u64
+}
+
 /// Pages the visibility map shows all-frozen. Caller holds a lock.
 pub fn all_frozen_pages(oid: u32) -> u32 {
     let (mut visible, mut frozen) = (0, 0);
