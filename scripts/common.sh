@@ -15,6 +15,7 @@ YZ_OS_USER=${YEZZEY_OS_USER:-postgres}
 PG_MAJOR=17
 PGRX_VERSION=0.18.0
 GARAGE_VERSION=2.5.0
+BARMAN_VERSION=3.19.1
 
 # The install prefix is keyed by the patch series, so editing a patch rebuilds.
 patch_hash() {
@@ -22,6 +23,9 @@ patch_hash() {
 }
 PG_PREFIX=$YZ_CACHE/pg$PG_MAJOR-$(patch_hash)
 PG_CONFIG=$PG_PREFIX/bin/pg_config
+
+# Barman's cloud tools (backup tests and the backup benchmark).
+BARMAN_VENV=$YZ_CACHE/barman-venv
 
 # Runtime state of the demo/test servers (data directories, logs, Garage).
 YZ_RUN=${YEZZEY_RUN:-$YZ_CACHE/run}

@@ -3,7 +3,7 @@
 source "$(dirname "$0")/common.sh"
 
 PKGS=(bison flex libclang-dev clang libzstd-dev liblz4-dev libreadline-dev zlib1g-dev
-      libssl-dev pkg-config make gcc perl dpkg-dev libipc-run-perl util-linux iproute2)
+      libssl-dev pkg-config make gcc perl dpkg-dev libipc-run-perl util-linux iproute2 python3-venv)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

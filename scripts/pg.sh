@@ -64,8 +64,11 @@ yezzey.s3_region = '$YEZZEY_S3_REGION'
 yezzey.s3_access_key_id = '$AWS_ACCESS_KEY_ID'
 yezzey.s3_secret_access_key = '$AWS_SECRET_ACCESS_KEY'
 yezzey.key_file = '$key'
-# No backups of this cluster to protect: collect retired objects at once.
+# No backups of this cluster to protect: collect retired objects at once,
+# and let registered base backups (the tests' standbys and copies) go once
+# they stopped.
 yezzey.gc_retention = 0
+yezzey.backup_retention = 0
 CONF
     fi
 }

@@ -27,6 +27,7 @@ bash "$S/garage.sh" start
 # shellcheck disable=SC1091
 source "$YZ_RUN/garage/env"
 export YEZZEY_GARAGE_CTL="$S/garage.sh"
+export YEZZEY_BARMAN_BIN="$BARMAN_VENV/bin"
 
 passed=0; failed=0; failures=()
 suite() {
@@ -54,6 +55,8 @@ suite "lineages: standbys, restored backups, clones, promotion, PITR (tests/test
     python3 "$YZ_ROOT/tests/test_lineage.py"
 suite "faults: store down, frozen, refusing; full disks (tests/test_faults.py)" \
     python3 "$YZ_ROOT/tests/test_faults.py"
+suite "backups: pg_basebackup and Barman carry local bytes only; GC knows every backup (tests/test_backup.py)" \
+    python3 "$YZ_ROOT/tests/test_backup.py"
 suite "PostgreSQL regression suite (installcheck, yezzey preloaded)" bash "$YZ_ROOT/tests/run-pg-regress.sh"
 
 echo

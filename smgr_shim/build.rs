@@ -47,17 +47,28 @@ fn main() {
         "{} lacks md_segment_blocks_hook: PostgreSQL was built without gp_patches/0002",
         md_h.display()
     );
+    let xlog_h = PathBuf::from(&include).join("access/xlog.h");
+    let xlog = std::fs::read_to_string(&xlog_h)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", xlog_h.display()));
+    assert!(
+        xlog.contains("backup_start_hook"),
+        "{} lacks backup_start_hook: PostgreSQL was built without gp_patches/0003",
+        xlog_h.display()
+    );
+    println!("cargo:rerun-if-changed={}", xlog_h.display());
     println!("cargo:rerun-if-changed={}", smgr_h.display());
     println!("cargo:rerun-if-changed={}", md_h.display());
     println!("cargo:rerun-if-changed=src/yezzey_smgr.c");
     println!("cargo:rerun-if-changed=src/yezzey_smgr.h");
     println!("cargo:rerun-if-changed=src/yezzey_map.c");
     println!("cargo:rerun-if-changed=src/yezzey_utility.c");
+    println!("cargo:rerun-if-changed=src/yezzey_backup.c");
 
     cc::Build::new()
         .file("src/yezzey_smgr.c")
         .file("src/yezzey_map.c")
         .file("src/yezzey_utility.c")
+        .file("src/yezzey_backup.c")
         .include(&include)
         .include("src")
         .flag_if_supported("-Wno-unused-parameter")

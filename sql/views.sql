@@ -16,3 +16,9 @@ SELECT member, parent, is_self, state, origin, published_at, timeline, lsn, held
   FROM yezzey_lineage_members();
 COMMENT ON VIEW yezzey_lineage IS
   'The clusters sharing this cluster''s objects (origin, restored copies, clones, promoted standbys), as published in the object store';
+
+CREATE VIEW yezzey_backups AS
+SELECT label, start_lsn, stop_lsn, timeline, started_at, stopped_at, holds_objects, status
+  FROM yezzey_backups_list();
+COMMENT ON VIEW yezzey_backups IS
+  'Base backups of this cluster registered when they started, and what keeps the objects they need';

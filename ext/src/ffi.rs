@@ -4,10 +4,11 @@
 //! installation. Each is a thin, guarded wrapper; the work is in the module
 //! it names. The shim's callbacks are checked against the header's
 //! bindings at compile time (`signatures_match_the_header`).
-use crate::{apply, errors, lineage, remote, utility, wal, worker};
+use crate::{apply, backups, errors, lineage, remote, utility, wal, worker};
 use pgrx::pg_sys;
 use std::ffi::{c_char, c_void, CStr};
 use yezzey_smgr_shim::SegInfo;
+use yezzey_storage::key::Lsn;
 
 /// Registers the storage manager, its shared map and the utility hook, and
 /// the WAL resource manager. From `_PG_init`, while preloading (checked).
@@ -20,6 +21,7 @@ pub fn install() {
     unsafe {
         yezzey_smgr_shim::install();
         yezzey_smgr_shim::install_utility_hook();
+        yezzey_smgr_shim::install_backup_hooks();
     }
     crate::pg::xlog::register(wal::RMGR_ID, c"yezzey", rmgr_redo, rmgr_desc, rmgr_identify);
 }
@@ -119,6 +121,28 @@ pub extern "C-unwind" fn yezzey_forget_dropped_database(db: u32) {
     utility::forget_dropped_database(db);
 }
 
+/// A base backup started (pg_backup_start() or BASE_BACKUP).
+///
+/// # Safety
+/// Called by the shim with the backup's NUL-terminated label.
+#[no_mangle]
+#[pgrx::pg_guard]
+pub unsafe extern "C-unwind" fn yezzey_backup_started(
+    label: *const c_char,
+    start_lsn: u64,
+    timeline: u32,
+) {
+    let label = CStr::from_ptr(label).to_string_lossy();
+    backups::started(&label, Lsn(start_lsn), timeline);
+}
+
+/// A base backup stopped.
+#[no_mangle]
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn yezzey_backup_stopped(start_lsn: u64, stop_lsn: u64) {
+    backups::stopped(Lsn(start_lsn), Lsn(stop_lsn));
+}
+
 /// The lineage background worker's entry point.
 #[no_mangle]
 #[pgrx::pg_guard]
@@ -142,5 +166,11 @@ fn signatures_match_the_header() {
     refuse = yezzey_refuse_database_copy;
     let mut dropped: unsafe extern "C-unwind" fn(_) = h::yezzey_forget_dropped_database;
     dropped = yezzey_forget_dropped_database;
-    let _ = (read, prefetch, persist, load, refuse, dropped);
+    let mut started: unsafe extern "C-unwind" fn(_, _, _) = h::yezzey_backup_started;
+    started = yezzey_backup_started;
+    let mut stopped: unsafe extern "C-unwind" fn(_, _) = h::yezzey_backup_stopped;
+    stopped = yezzey_backup_stopped;
+    let _ = (
+        read, prefetch, persist, load, refuse, dropped, started, stopped,
+    );
 }

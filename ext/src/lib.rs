@@ -17,6 +17,7 @@ use pgrx::prelude::*;
 
 mod api;
 mod apply;
+mod backups;
 mod errors;
 mod fault;
 mod fds;
@@ -47,7 +48,11 @@ fn yezzey_version() -> &'static str {
 pgrx::extension_sql_file!(
     "../../sql/views.sql",
     name = "views",
-    requires = [yezzey_offloaded, yezzey_lineage_members]
+    requires = [
+        yezzey_offloaded,
+        yezzey_lineage_members,
+        yezzey_backups_list
+    ]
 );
 pgrx::extension_sql_file!("../../sql/grants.sql", name = "grants", finalize);
 

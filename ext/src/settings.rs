@@ -38,6 +38,10 @@ pub static FRAME_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
 pub static ZSTD_LEVEL: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static CONTENT_ID: GucSetting<i32> = GucSetting::<i32>::new(-1);
 pub static GC_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
+pub static BACKUP_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
+pub static REGISTER_BACKUPS: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static BARMAN_REPOSITORY: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
 pub static FAULT_INJECTION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 pub fn define() {
@@ -173,6 +177,32 @@ pub fn define() {
         GucContext::Suset,
         GucFlags::UNIT_S,
     );
+    GucRegistry::define_int_guc(
+        c"yezzey.backup_retention",
+        c"How long a registered base backup that no catalogue lists keeps the objects it may need.",
+        c"Backups Barman took are kept as long as yezzey.barman_repository lists them; others (pg_basebackup) for this long after they started, or until yezzey_backup_expire().",
+        &BACKUP_RETENTION_S,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_bool_guc(
+        c"yezzey.register_backups",
+        c"Registers every base backup in the object store when it starts; a backup that cannot be registered does not start.",
+        c"Off takes backups unregistered: the objects they need are then kept only for yezzey.gc_retention.",
+        &REGISTER_BACKUPS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"yezzey.barman_repository",
+        c"The Barman server whose catalogue says which of this cluster's backups still exist: the repository URL and server name given to barman-cloud-backup, as URL/SERVER.",
+        c"For example s3://backups/barman/main for barman-cloud-backup s3://backups/barman main.",
+        &BARMAN_REPOSITORY,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"yezzey.fault_injection",
         c"Testing only: the name of an offload/load step at which to crash the server.",
@@ -236,6 +266,8 @@ pub struct Storage {
     pub reader: RemoteReader,
     pub upload: UploadOptions,
     pub describe: String,
+    /// How this handle reaches S3 (for other buckets of the same service).
+    pub s3: S3Settings,
     /// The descriptors the store and the cache may hold, reported to
     /// PostgreSQL for as long as this handle lives.
     _fds: fds::Reserved,
@@ -328,18 +360,7 @@ fn open_parts(
         .as_deref()
         .ok_or_else(|| yezzey_storage::Error::Config("yezzey.storage_url is not set".into()))?;
     let location = Location::parse(url)?;
-    let timeout = Duration::from_secs(cfg.timeout_s as u64);
-    let s3 = S3Settings {
-        endpoint: cfg.endpoint.clone(),
-        region: cfg.region.clone(),
-        access_key_id: cfg.access_key_id.clone(),
-        secret_access_key: cfg.secret_access_key.clone(),
-        connect_timeout: timeout.min(Duration::from_secs(5)),
-        request_timeout: timeout,
-        max_connections: cfg.max_connections as usize,
-        ..Default::default()
-    };
-    let store = Arc::new(AnyStore::open(&location, &s3)?);
+    let store = Arc::new(AnyStore::open(&location, &s3_settings(cfg))?);
     let cache = if cfg.cache_mb > 0 {
         let dir = cfg
             .cache_dir
@@ -358,6 +379,21 @@ fn open_parts(
         None
     };
     Ok((store, cache))
+}
+
+/// How a configuration reaches S3.
+fn s3_settings(cfg: &Config) -> S3Settings {
+    let timeout = Duration::from_secs(cfg.timeout_s as u64);
+    S3Settings {
+        endpoint: cfg.endpoint.clone(),
+        region: cfg.region.clone(),
+        access_key_id: cfg.access_key_id.clone(),
+        secret_access_key: cfg.secret_access_key.clone(),
+        connect_timeout: timeout.min(Duration::from_secs(5)),
+        request_timeout: timeout,
+        max_connections: cfg.max_connections as usize,
+        ..Default::default()
+    }
 }
 
 fn min_free_bytes_of(cfg: &Config) -> u64 {
@@ -405,6 +441,7 @@ fn assemble(
             ..Default::default()
         },
         describe,
+        s3: s3_settings(cfg),
         _fds: reserved,
     })
 }
@@ -427,6 +464,21 @@ pub fn storage_configured() -> bool {
 /// Seconds `yezzey_gc()` keeps a retired object.
 pub fn gc_retention() -> i64 {
     GC_RETENTION_S.get() as i64
+}
+
+/// Seconds a registered backup that no catalogue lists is kept.
+pub fn backup_retention() -> i64 {
+    BACKUP_RETENTION_S.get() as i64
+}
+
+/// Whether base backups are registered.
+pub fn register_backups() -> bool {
+    REGISTER_BACKUPS.get()
+}
+
+/// Barman's cloud repository URL, if set.
+pub fn barman_repository() -> Option<String> {
+    string(&BARMAN_REPOSITORY)
 }
 
 /// The fault-injection point that is armed, if any.

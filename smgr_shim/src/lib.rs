@@ -31,6 +31,14 @@ pub unsafe fn install_utility_hook() {
     ffi::yz_utility_install()
 }
 
+/// Installs the base-backup hooks (`yezzey_backup.c`).
+///
+/// # Safety
+/// Must be called once from `_PG_init`.
+pub unsafe fn install_backup_hooks() {
+    ffi::yz_backup_install()
+}
+
 /// One storage-manager entry point and how often this backend called it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallCount {
@@ -80,8 +88,9 @@ pub use ffi::YzSegInfo as SegInfo;
 /// them: the extension checks its definitions against these.
 pub mod callbacks {
     pub use super::ffi::{
-        yezzey_forget_dropped_database, yezzey_map_load, yezzey_map_persist,
-        yezzey_refuse_database_copy, yezzey_remote_prefetch, yezzey_remote_read,
+        yezzey_backup_started, yezzey_backup_stopped, yezzey_forget_dropped_database,
+        yezzey_map_load, yezzey_map_persist, yezzey_refuse_database_copy, yezzey_remote_prefetch,
+        yezzey_remote_read,
     };
 }
 

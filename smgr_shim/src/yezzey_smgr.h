@@ -143,4 +143,11 @@ extern void yezzey_forget_dropped_database(uint32_t db);
 /* Installs the ProcessUtility hook of yezzey_utility.c (from _PG_init). */
 extern void yz_utility_install(void);
 
+/* Installs the base-backup hooks of yezzey_backup.c (from _PG_init). */
+extern void yz_backup_install(void);
+/* A base backup started: registers it (ERRORs if it cannot, aborting it). */
+extern void yezzey_backup_started(const char *label, uint64_t start_lsn, uint32_t timeline);
+/* A base backup stopped: records its stop point (warns if it cannot). */
+extern void yezzey_backup_stopped(uint64_t start_lsn, uint64_t stop_lsn);
+
 #endif							/* YEZZEY_SMGR_H */

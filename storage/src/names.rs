@@ -3,6 +3,7 @@
 //! ```text
 //! <prefix>/<system id>/seg<content>/m<writer>/<spc>/<db>/<relfilenumber>/<fork>.<segfile>.<object id>.yz
 //! <prefix>/<system id>/seg<content>/lineage/m<member>.json        (lineage records)
+//! <prefix>/<system id>/seg<content>/backups/m<member>/<lsn>.json  (registered backups)
 //! ```
 //!
 //! * `system id`: the cluster's `pg_control` system identifier, shared by a
@@ -59,6 +60,11 @@ pub fn content_prefix(system_id: u64, content: i32) -> String {
 /// The directory of every object one member wrote.
 pub fn writer_prefix(system_id: u64, content: i32, writer: MemberId) -> String {
     format!("{}m{writer}/", content_prefix(system_id, content))
+}
+
+/// The directory of the backups a member registered.
+pub fn backups_prefix(system_id: u64, content: i32, member: MemberId) -> String {
+    format!("{}backups/m{member}/", content_prefix(system_id, content))
 }
 
 /// The directory of the lineage's published records.

@@ -4,14 +4,15 @@
 //! module gathers its inputs in the order that rule requires and carries
 //! it out.
 use crate::pg;
-use crate::{errors, fds, lineage, settings, utility};
+use crate::{backups, errors, fds, lineage, settings, utility};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use yezzey_storage::names::{self, ObjectName};
 use yezzey_storage::runtime::block_on;
-use yezzey_storage::state::gc::{self, Inputs, Plan, Verdict};
+use yezzey_storage::state::backups::BackupRecord;
+use yezzey_storage::state::gc::{self, BackupHold, Inputs, Plan, Verdict};
 use yezzey_storage::state::lineage::{read_all, MemberState};
 use yezzey_storage::state::map::ForkMap;
 use yezzey_storage::state::retired::Retired;
@@ -40,7 +41,7 @@ fn yezzey_gc(
     }
     let mut deleted = (0i64, 0i64);
     let (mut kept, mut held, mut held_bytes) = (0i64, 0i64, 0u64);
-    let (mut for_standby, mut for_retention, mut for_members) = (0, 0, 0);
+    let (mut for_standby, mut for_backups, mut for_retention, mut for_members) = (0, 0, 0, 0);
     for d in &c.plan.decisions {
         match &d.verdict {
             Verdict::Delete => {
@@ -52,6 +53,7 @@ fn yezzey_gc(
                 held_bytes += d.bytes;
                 match why {
                     gc::Reason::Standby { .. } => for_standby += 1,
+                    gc::Reason::Backup { .. } => for_backups += 1,
                     gc::Reason::Retention { .. } => for_retention += 1,
                     _ => for_members += 1,
                 }
@@ -66,7 +68,7 @@ fn yezzey_gc(
                 held_bytes as f64 / (1024.0 * 1024.0)
             ),
             format!(
-                "{for_standby} wait for a standby (or physical replication slot) to pass the WAL position at which they were dropped; {for_retention} were dropped less than yezzey.gc_retention ({} s) ago; {for_members} are held by other clusters of this lineage.",
+                "{for_standby} wait for a standby (or physical replication slot) to pass the WAL position at which they were dropped; {for_backups} were dropped after a backup that still exists began (see yezzey_backups); {for_retention} were dropped less than yezzey.gc_retention ({} s) ago; {for_members} are held by other clusters of this lineage.",
                 settings::gc_retention()
             ),
             "A later yezzey_gc() deletes them once that has passed; drop replication slots that are no longer used; see yezzey_gc_plan() for each object.",
@@ -141,6 +143,8 @@ fn yezzey_gc_plan() -> TableIterator<
 /// A collection's inputs and its plan.
 struct Collection {
     plan: Plan,
+    /// Registrations of backups that no longer exist.
+    expired_backups: Vec<BackupRecord>,
     /// Retired records by object name.
     retired_files: HashMap<String, PathBuf>,
     stale_intents: Vec<PathBuf>,
@@ -166,6 +170,17 @@ fn gather(storage: &settings::Storage, dry_run: bool) -> Collection {
         .map(|r| r.member);
     let listed = list_writers(storage, std::iter::once(me).chain(forgotten));
     let local = fds::transient(fds::STATE_OP, || LocalState::read(dry_run));
+    let (mut holds, mut expired_backups) = (Vec::new(), Vec::new());
+    for (rec, live) in backups::judged(storage) {
+        if live.holds() {
+            holds.push(BackupHold {
+                label: rec.label.clone(),
+                start_lsn: rec.start_lsn,
+            });
+        } else {
+            expired_backups.push(rec);
+        }
+    }
     let plan = gc::decide(&Inputs {
         me,
         listed: &listed,
@@ -176,9 +191,11 @@ fn gather(storage: &settings::Storage, dry_run: bool) -> Collection {
         now: unix_now(),
         retention: settings::gc_retention(),
         records: &records,
+        backups: &holds,
     });
     Collection {
         plan,
+        expired_backups,
         retired_files: local.retired_files,
         stale_intents: local.stale_intents,
     }
@@ -274,6 +291,9 @@ fn carry_out(storage: &settings::Storage, c: &Collection) {
     // Others learn what this member still needs before anything goes.
     if let Err(e) = lineage::publish(storage, c.plan.holds.clone()) {
         lineage::raise(e, "yezzey_gc cannot publish this cluster's lineage record");
+    }
+    for rec in &c.expired_backups {
+        backups::expire(storage, rec);
     }
     for d in c
         .plan

@@ -1,6 +1,7 @@
 //! The SQL functions, grouped by what a DBA does with them. Views and
 //! grants are in `sql/*.sql`.
 mod admin;
+mod backups;
 mod gc;
 mod load;
 mod offload;

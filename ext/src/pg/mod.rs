@@ -213,3 +213,22 @@ unsafe impl pgrx::callconv::BoxRet for PgLsn {
 }
 
 pgrx::impl_sql_translatable!(PgLsn, "pg_lsn");
+
+impl pgrx::FromDatum for PgLsn {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _typoid: pg_sys::Oid,
+    ) -> Option<Self> {
+        (!is_null).then(|| PgLsn(Lsn(datum.value() as u64)))
+    }
+}
+
+// SAFETY: a pass-by-value argument, unboxed as FromDatum reads it.
+unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for PgLsn {
+    unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
+        let index = arg.index();
+        arg.unbox_arg_using_from_datum()
+            .unwrap_or_else(|| panic!("argument {index} must not be null"))
+    }
+}

@@ -9,7 +9,8 @@
 //! 2. no map of its own references it and no upload of its own that may
 //!    still run is writing it;
 //! 3. it is not retired here and still held: for a standby that has not
-//!    replayed past its retirement, or for `yezzey.gc_retention`;
+//!    replayed past its retirement, for a backup that started before its
+//!    retirement and still exists, or for `yezzey.gc_retention`;
 //! 4. no other member's published record holds it.
 //!
 //! The caller must gather its inputs in this order, so that an offload
@@ -45,6 +46,15 @@ pub struct Inputs<'a> {
     pub retention: i64,
     /// The lineage's published records (this member's own is ignored).
     pub records: &'a [Record],
+    /// This member's backups that still exist.
+    pub backups: &'a [BackupHold],
+}
+
+/// A live backup: it holds every object retired at or after its start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupHold {
+    pub label: String,
+    pub start_lsn: Lsn,
 }
 
 /// Why an object stays.
@@ -56,6 +66,8 @@ pub enum Reason {
     Uploading,
     /// Retired here at this position, which a standby has not replayed.
     Standby { retired_lsn: Lsn },
+    /// Retired after this backup started: restoring it may need it.
+    Backup { label: String, start_lsn: Lsn },
     /// Retired here at this time, within `yezzey.gc_retention`.
     Retention { retired_at: i64 },
     /// Another member's published record holds it.
@@ -73,7 +85,10 @@ impl Reason {
     /// unreferenced here but still needed by someone.
     pub fn class(&self) -> &'static str {
         match self {
-            Reason::Standby { .. } | Reason::Retention { .. } | Reason::HeldBy(_) => "hold",
+            Reason::Standby { .. }
+            | Reason::Backup { .. }
+            | Reason::Retention { .. }
+            | Reason::HeldBy(_) => "hold",
             _ => "keep",
         }
     }
@@ -87,6 +102,10 @@ impl fmt::Display for Reason {
             Reason::Standby { retired_lsn } => write!(
                 f,
                 "retired at {retired_lsn}, which a standby (or physical replication slot) has not replayed"
+            ),
+            Reason::Backup { label, start_lsn } => write!(
+                f,
+                "retired after the backup \"{label}\" (started at {start_lsn}) began"
             ),
             Reason::Retention { retired_at } => write!(
                 f,
@@ -135,6 +154,11 @@ fn writer_of(name: &str) -> Option<Option<MemberId>> {
 fn retired_hold(r: &Retired, inp: &Inputs) -> Option<Reason> {
     if inp.standby_horizon.is_some_and(|h| h < r.lsn) {
         Some(Reason::Standby { retired_lsn: r.lsn })
+    } else if let Some(b) = inp.backups.iter().find(|b| b.start_lsn <= r.lsn) {
+        Some(Reason::Backup {
+            label: b.label.clone(),
+            start_lsn: b.start_lsn,
+        })
     } else if inp.now - r.at < inp.retention {
         Some(Reason::Retention { retired_at: r.at })
     } else {
@@ -312,6 +336,7 @@ mod tests {
             now: 100,
             retention: 0,
             records: &records,
+            backups: &[],
         });
         assert_eq!(
             verdict(&plan, &parents),
@@ -344,7 +369,13 @@ mod tests {
         let inherited_held = name(Some(PARENT), 6);
         let inherited_done = name(Some(PARENT), 7);
         let vanished = name(Some(ME), 8);
+        let for_backup = name(Some(ME), 9);
         let retired = vec![
+            Retired {
+                name: for_backup.clone(),
+                lsn: Lsn(60),
+                at: 0,
+            },
             Retired {
                 name: standby.clone(),
                 lsn: Lsn(500),
@@ -376,7 +407,7 @@ mod tests {
                 at: 0,
             },
         ];
-        let listed: Vec<_> = [&standby, &recent, &old, &orphan, &legacy]
+        let listed: Vec<_> = [&standby, &recent, &old, &orphan, &legacy, &for_backup]
             .iter()
             .map(|n| meta(n))
             .collect();
@@ -391,7 +422,18 @@ mod tests {
             now: 100,
             retention: 10,
             records: &records,
+            backups: &[BackupHold {
+                label: "b".into(),
+                start_lsn: Lsn(50),
+            }],
         });
+        assert_eq!(
+            verdict(&plan, &for_backup),
+            Verdict::Keep(Reason::Backup {
+                label: "b".into(),
+                start_lsn: Lsn(50)
+            })
+        );
         assert_eq!(
             verdict(&plan, &standby),
             Verdict::Keep(Reason::Standby {
@@ -420,8 +462,13 @@ mod tests {
         fn nothing_anyone_needs_is_deleted(
             objs in proptest::collection::vec((0u8..4, any::<bool>(), any::<bool>(), 0u8..4, any::<bool>()), 1..40),
             horizon in proptest::option::of(0u64..200),
+            backup_start in proptest::option::of(0u64..200),
             retention in 0i64..50,
         ) {
+            let backups: Vec<BackupHold> = backup_start
+                .map(|s| BackupHold { label: "b".into(), start_lsn: Lsn(s) })
+                .into_iter()
+                .collect();
             // writer: 0 legacy, 1 me, 2 parent (live), 3 forgotten
             let members = [None, Some(ME), Some(PARENT), Some(MemberId(9))];
             let mut listed = Vec::new();
@@ -438,7 +485,10 @@ mod tests {
                 if *w == 0 || *w == 2 { needed.insert(n.clone()); }
                 if *ret {
                     let r = Retired { name: n.clone(), lsn: Lsn(100), at: 80 };
-                    if horizon.is_some_and(|h| h < 100) || 100 - 80 < retention {
+                    if horizon.is_some_and(|h| h < 100)
+                        || backup_start.is_some_and(|b| b <= 100)
+                        || 100 - 80 < retention
+                    {
                         needed.insert(n.clone());
                     }
                     retired.push(r);
@@ -458,6 +508,7 @@ mod tests {
                 now: 100,
                 retention,
                 records: &records,
+                backups: &backups,
             });
             for d in &plan.decisions {
                 if d.verdict == Verdict::Delete {

@@ -22,10 +22,12 @@
 //!   old or the new version.
 //!
 //! **Garbage collection** ([`gc`]) is a pure function from these files, the
-//! objects listed in the store and the lineage's published records
-//! ([`lineage`]) to a verdict per object, with its reason.
+//! objects listed in the store, the lineage's published records
+//! ([`lineage`]) and the registered backups ([`backups`]) to a verdict per
+//! object, with its reason.
 use std::path::{Path, PathBuf};
 
+pub mod backups;
 pub mod durable;
 pub mod gc;
 pub mod intents;
