@@ -243,13 +243,13 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(
-                barman_status(&store, "yz", "20261202T101010")
+                barman_status(&store, "20261202T101010")
                     .await
                     .unwrap()
                     .as_deref(),
                 Some("DONE")
             );
-            assert_eq!(barman_status(&store, "yz", "nope").await.unwrap(), None);
+            assert_eq!(barman_status(&store, "nope").await.unwrap(), None);
         });
     }
 }
