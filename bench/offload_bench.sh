@@ -7,13 +7,8 @@
 #   scans again with the objects copied to a local directory (no object
 #   store sharing the CPU).
 #   bench/offload_bench.sh [ROWS] [ROUNDS]
-source "$(dirname "$0")/../scripts/common.sh"
 ROWS=${1:-10000000}; ROUNDS=${2:-3}
-export YEZZEY_RUN=$YZ_CACHE/bench-run
-YZ_RUN=$YEZZEY_RUN
-S=$YZ_ROOT/scripts
-mkdir -p "$YZ_RUN"; [ "$(id -u)" = 0 ] && chown "$YZ_OS_USER" "$YZ_RUN"
-eval "$(bash "$S/pg.sh" env)"
+source "$(dirname "$0")/lib.sh"
 bash "$S/garage.sh" start >/dev/null
 bash "$S/pg.sh" init >/dev/null
 bash "$S/pg.sh" start
@@ -25,7 +20,6 @@ drop_caches() {
     echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || echo "(could not drop the OS page cache: not root?)" >&2
 }
 # CPU time in ms: the whole machine's busy time (/proc/stat), and Garage's.
-busy_ms() { awk -v hz="$(getconf CLK_TCK)" '/^cpu /{print int(($2+$3+$4+$7+$8+$9) * 1000 / hz)}' /proc/stat; }
 garage_ms() { awk -v hz="$(getconf CLK_TCK)" '{print int(($14+$15) * 1000 / hz)}' "/proc/$(cat "$YZ_RUN/garage/pid")/stat"; }
 # timed KEY TABLE PSQL-ARGS...: runs a bench_ms query, keeps its time and
 # the CPU the machine (KEY_cpu) and Garage (KEY_gar) spent meanwhile.
@@ -129,7 +123,6 @@ done
 val -c "ALTER SYSTEM RESET yezzey.storage_url"
 rm -rf "$dir"
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
 echo
 echo "| measurement (median of $ROUNDS) | local | offloaded | offloaded speed vs local |"
 echo "|---|---:|---:|---:|"

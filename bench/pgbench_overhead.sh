@@ -4,13 +4,8 @@
 # yezzey in shared_preload_libraries, alternating runs on one cluster and one
 # data set; prints per-run TPS and the median ratio (with / without).
 #   bench/pgbench_overhead.sh [ROUNDS] [SECONDS] [SCALE]
-source "$(dirname "$0")/../scripts/common.sh"
 ROUNDS=${1:-5}; SECS=${2:-20}; SCALE=${3:-20}
-export YEZZEY_RUN=$YZ_CACHE/bench-run
-YZ_RUN=$YEZZEY_RUN
-S=$YZ_ROOT/scripts
-mkdir -p "$YZ_RUN"; [ "$(id -u)" = 0 ] && chown "$YZ_OS_USER" "$YZ_RUN"
-eval "$(bash "$S/pg.sh" env)"
+source "$(dirname "$0")/lib.sh"
 PGDATA=$YZ_RUN/pgdata
 bash "$S/pg.sh" init >/dev/null
 trap 'bash "$S/pg.sh" stop >/dev/null 2>&1 || true' EXIT
@@ -45,7 +40,6 @@ for r in $(seq 1 "$ROUNDS"); do
     done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
 echo
 echo "pgbench scale $SCALE, $ROUNDS alternating rounds of $SECS s, 2 clients; medians:"
 for mode in S tpcb; do
