@@ -44,7 +44,17 @@ pub static BARMAN_REPOSITORY: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
 pub static FAULT_INJECTION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// Registers every `yezzey.*` setting, by what it governs (from `_PG_init`).
 pub fn define() {
+    define_store();
+    define_cache();
+    define_reads();
+    define_new_objects();
+    define_retention();
+}
+
+/// Where the objects are and how to reach them.
+fn define_store() {
     pg::guc::string_sighup(
         c"yezzey.storage_url",
         c"Where offloaded objects go: s3://bucket/prefix, or an absolute directory.",
@@ -87,6 +97,10 @@ pub fn define() {
         &KEY_FILE,
         GucFlags::SUPERUSER_ONLY,
     );
+}
+
+/// The local frame cache and the disk it may use.
+fn define_cache() {
     pg::guc::string_sighup(
         c"yezzey.cache_dir",
         c"Directory of the local cache of decoded frames; default $PGDATA/pg_yezzey/pgsql_tmp_cache.",
@@ -112,6 +126,10 @@ pub fn define() {
         i32::MAX,
         GucFlags::UNIT_MB,
     );
+}
+
+/// How hard each process may press the store.
+fn define_reads() {
     pg::guc::int_sighup(
         c"yezzey.max_connections",
         c"Requests to the object store each process runs at once (and idle connections it keeps).",
@@ -139,6 +157,10 @@ pub fn define() {
         3600,
         GucFlags::UNIT_S,
     );
+}
+
+/// How new objects are cut and named.
+fn define_new_objects() {
     pg::guc::int_sighup(
         c"yezzey.frame_size",
         c"Raw size of the independently readable frames of new objects.",
@@ -167,6 +189,10 @@ pub fn define() {
         GucContext::Postmaster,
         GucFlags::default(),
     );
+}
+
+/// What garbage collection keeps, for whom, and for how long; testing hooks.
+fn define_retention() {
     GucRegistry::define_int_guc(
         c"yezzey.gc_retention",
         c"How long yezzey_gc() keeps an object after the last reference to it was dropped.",
