@@ -32,21 +32,12 @@ create() { # cluster
     YEZZEY_PGDATA=${DATA[$c]} YEZZEY_PGPORT=${PORT[$c]} bash "$S/pg.sh" init >/dev/null
     ctl "$c" start
     val "$c" -c "CREATE EXTENSION yezzey"
-    # Realistic rows, as in offload_bench.sh.
     rows() { # table rows
-        val "$c" <<SQL
-CREATE TABLE $1 (id bigint, placed date, customer int, amount numeric(10,2), status text, note text);
-INSERT INTO $1
-SELECT g, date '2020-01-01' + (g % 1500)::int, ((g * 7919) % 500000)::int, ((g * 31) % 1000000) / 100.0,
-       (ARRAY['shipped','pending','returned','cancelled','refunded'])[1 + g % 5],
-       CASE g % 4 WHEN 0 THEN 'gift wrap, leave at the back door ' || g % 97
-                  WHEN 1 THEN md5(g::text)
-                  WHEN 2 THEN repeat('priority ', (1 + g % 3)::int) || (g % 1000)::text
-                  ELSE '' END
-  FROM generate_series(1::bigint, $2) g;
+        { realistic_rows_sql "$1" "$2"; cat <<SQL
 ALTER TABLE $1 ADD PRIMARY KEY (id);
 VACUUM (FREEZE, ANALYZE) $1;
 SQL
+        } | val "$c"
     }
     rows t_hot "$LOCAL_ROWS"
     [ "$c" = local ] || rows t_cold "$OFF_ROWS"

@@ -16,3 +16,19 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN{print b - a}'; }
 # busy_ms: the whole machine's busy CPU time so far, in ms (/proc/stat).
 busy_ms() { awk -v hz="$(getconf CLK_TCK)" '/^cpu /{print int(($2+$3+$4+$7+$8+$9) * 1000 / hz)}' /proc/stat; }
+# realistic_rows_sql TABLE ROWS: SQL creating TABLE with ROWS realistic rows
+# (bigint id, date, int customer, numeric amount, status text, a note of
+# 0–60 characters in four styles), the data every benchmark measures.
+realistic_rows_sql() {
+    cat <<SQL
+CREATE TABLE $1 (id bigint, placed date, customer int, amount numeric(10,2), status text, note text);
+INSERT INTO $1
+SELECT g, date '2020-01-01' + (g % 1500)::int, ((g * 7919) % 500000)::int, ((g * 31) % 1000000) / 100.0,
+       (ARRAY['shipped','pending','returned','cancelled','refunded'])[1 + g % 5],
+       CASE g % 4 WHEN 0 THEN 'gift wrap, leave at the back door ' || g % 97
+                  WHEN 1 THEN md5(g::text)
+                  WHEN 2 THEN repeat('priority ', (1 + g % 3)::int) || (g % 1000)::text
+                  ELSE '' END
+  FROM generate_series(1::bigint, $2) g;
+SQL
+}

@@ -50,21 +50,13 @@ DECLARE t0 timestamptz := clock_timestamp(); m bigint; r numeric; BEGIN
   PERFORM setseed(0.42);
   FOR i IN 1..n LOOP EXECUTE format('SELECT amount FROM %I WHERE id = \$1', t) INTO r USING 1 + (random() * (m - 1))::bigint; END LOOP;
   RETURN extract(epoch FROM clock_timestamp() - t0) * 1000 / n; END \$\$;"
-val <<SQL
-CREATE TABLE t_local (id bigint, placed date, customer int, amount numeric(10,2), status text, note text);
-INSERT INTO t_local
-SELECT g, date '2020-01-01' + (g % 1500)::int, ((g * 7919) % 500000)::int, ((g * 31) % 1000000) / 100.0,
-       (ARRAY['shipped','pending','returned','cancelled','refunded'])[1 + g % 5],
-       CASE g % 4 WHEN 0 THEN 'gift wrap, leave at the back door ' || g % 97
-                  WHEN 1 THEN md5(g::text)
-                  WHEN 2 THEN repeat('priority ', (1 + g % 3)::int) || (g % 1000)::text
-                  ELSE '' END
-  FROM generate_series(1::bigint, $ROWS) g;
+{ realistic_rows_sql t_local "$ROWS"; cat <<SQL
 ALTER TABLE t_local ADD PRIMARY KEY (id);
 CREATE TABLE t_off AS SELECT * FROM t_local;
 ALTER TABLE t_off ADD PRIMARY KEY (id);
 VACUUM ANALYZE t_local; VACUUM ANALYZE t_off; CHECKPOINT;
 SQL
+} | val
 bytes=$(val -c "SELECT pg_total_relation_size('t_off')")
 echo "table + index: $((bytes / 1048576)) MB each; rows md5 equal: $(val -c "SELECT (SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM t_local t) = (SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM t_off t)")"
 
