@@ -96,6 +96,22 @@ done
 
 local_bytes=$(du_local "${DATA[offloaded]}")
 range() { tr ' ' '\n' | grep -v '^$' | sort -g | awk -v f="$1" 'NR==1{a=$1} {b=$1} END{printf f "–" f, a, b}'; }
+div() { awk -v a="$1" -v b="$2" 'BEGIN{print a / b}'; }
+# cell CLUSTER KEY FORMAT SCALE RANGES: a cluster's median of KEY over SCALE,
+# with its range when RANGES is 1.
+cell() {
+    printf "$3" "$(div "$(echo "${res[$1,$2]}" | median)" "$4")"
+    if [ "$5" = 1 ]; then printf " (%s)" "$(echo "${res[$1,$2]}" | range "$3")"; fi
+}
+# ratio KEY CLUSTER RANGES: the offloaded cluster's median of KEY over
+# CLUSTER's (two decimals beside ranges, three otherwise).
+ratio() {
+    local f=%.3fx; [ "$3" = 1 ] && f=%.2fx
+    printf "$f" "$(div "$(echo "${res[offloaded,$1]}" | median)" "$(echo "${res[$2,$1]}" | median)")"
+}
+row() { # LABEL KEY FORMAT SCALE RANGES
+    echo "| $1 | $(cell offloaded "${@:2}") | $(cell local "${@:2}") | $(ratio "$2" local "$5") | $(cell full "${@:2}") | $(ratio "$2" full "$5") |"
+}
 echo
 echo "| measurement (median of $ROUNDS, range) | mostly offloaded | local part only | ratio | same data, nothing offloaded | ratio |"
 echo "|---|---:|---:|---:|---:|---:|"
@@ -104,23 +120,6 @@ for m in "bb_bytes:pg_basebackup -Ft -X none, MB written:mb" "bb_time:pg_basebac
          "bm_bytes:barman-cloud-backup, MB stored:mb" "bm_time:barman-cloud-backup, s:s" \
          "bmr_time:barman-cloud-restore, s:s" "bmr_disk:barman-cloud-restore on disk (no WAL), MB:mb"; do
     IFS=: read -r k label unit <<<"$m"
-    row() { # label key format scale with-ranges
-        local o l f
-        o=$(echo "${res[offloaded,$2]}" | median); l=$(echo "${res[local,$2]}" | median); f=$(echo "${res[full,$2]}" | median)
-        if [ "$5" = 1 ]; then
-            printf "| %s | $3 (%s) | $3 (%s) | %.2fx | $3 (%s) | %.2fx |\n" "$1" \
-                "$(awk -v v="$o" -v d="$4" 'BEGIN{print v/d}')" "$(echo "${res[offloaded,$2]}" | range "$3")" \
-                "$(awk -v v="$l" -v d="$4" 'BEGIN{print v/d}')" "$(echo "${res[local,$2]}" | range "$3")" \
-                "$(awk -v a="$o" -v b="$l" 'BEGIN{print a/b}')" \
-                "$(awk -v v="$f" -v d="$4" 'BEGIN{print v/d}')" "$(echo "${res[full,$2]}" | range "$3")" \
-                "$(awk -v a="$o" -v b="$f" 'BEGIN{print a/b}')"
-        else
-            printf "| %s | $3 | $3 | %.3fx | $3 | %.3fx |\n" "$1" \
-                "$(awk -v v="$o" -v d="$4" 'BEGIN{print v/d}')" "$(awk -v v="$l" -v d="$4" 'BEGIN{print v/d}')" \
-                "$(awk -v a="$o" -v b="$l" 'BEGIN{print a/b}')" "$(awk -v v="$f" -v d="$4" 'BEGIN{print v/d}')" \
-                "$(awk -v a="$o" -v b="$f" 'BEGIN{print a/b}')"
-        fi
-    }
     if [ "$unit" = mb ]; then
         row "$label" "$k" %.1f 1048576 0
     else

@@ -19,7 +19,7 @@ drop_caches() {
     sync
     echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || echo "(could not drop the OS page cache: not root?)" >&2
 }
-# CPU time in ms: the whole machine's busy time (/proc/stat), and Garage's.
+# Garage's CPU time in ms (the whole machine's is lib.sh's busy_ms).
 garage_ms() { awk -v hz="$(getconf CLK_TCK)" '{print int(($14+$15) * 1000 / hz)}' "/proc/$(cat "$YZ_RUN/garage/pid")/stat"; }
 # timed KEY TABLE PSQL-ARGS...: runs a bench_ms query, keeps its time and
 # the CPU the machine (KEY_cpu) and Garage (KEY_gar) spent meanwhile.
