@@ -55,6 +55,11 @@ fn main() {
         "{} lacks backup_start_hook: PostgreSQL was built without gp_patches/0003",
         xlog_h.display()
     );
+    assert!(
+        xlog.contains("checkpoint_hook"),
+        "{} lacks checkpoint_hook: PostgreSQL was built without gp_patches/0004",
+        xlog_h.display()
+    );
     println!("cargo:rerun-if-changed={}", xlog_h.display());
     println!("cargo:rerun-if-changed={}", smgr_h.display());
     println!("cargo:rerun-if-changed={}", md_h.display());
@@ -85,8 +90,13 @@ fn main() {
         .override_abi(bindgen::Abi::CUnwind, "yezzey_.*")
         .allowlist_type("YzSmgrCall")
         .allowlist_type("YzSegInfo")
+        .allowlist_type("YzForkHead")
+        .allowlist_type("YzForkState")
+        .allowlist_type("YzRetiring")
+        .allowlist_type("YzMapUsage")
         .allowlist_var("yz_.*")
         .rustified_enum("YzSmgrCall")
+        .rustified_enum("YzForkState")
         .derive_default(true)
         .generate()
         .expect("bindgen on yezzey_smgr.h");

@@ -12,10 +12,11 @@ COMMENT ON VIEW yezzey_offloaded_relations IS
   'Relations of this database whose files are (partly) in object storage';
 
 CREATE VIEW yezzey_lineage AS
-SELECT member, parent, is_self, state, origin, published_at, timeline, lsn, held_objects, forgotten_by
+SELECT member, parent, is_self, state, origin, published_at, timeline, lsn, held_objects, forgotten_by,
+       in_recovery, slot
   FROM yezzey_lineage_members();
 COMMENT ON VIEW yezzey_lineage IS
-  'The clusters sharing this cluster''s objects (origin, restored copies, clones, promoted standbys), as published in the object store';
+  'The clusters sharing this cluster''s objects (origin, restored copies, clones, promoted standbys, standbys publishing their replay position), as published in the object store';
 
 CREATE VIEW yezzey_backups AS
 SELECT label, start_lsn, stop_lsn, timeline, started_at, stopped_at, holds_objects, status

@@ -5,7 +5,7 @@ use crate::settings::{self, Storage};
 use crate::{errors, lineage, pg};
 use pgrx::PgSqlErrorCode;
 use std::sync::Mutex;
-use yezzey_storage::key::Lsn;
+use yezzey_storage::key::{Lsn, MemberId};
 use yezzey_storage::runtime::block_on;
 use yezzey_storage::state::backups::{self, BackupRecord, Liveness};
 use yezzey_storage::state::unix_now;
@@ -35,9 +35,10 @@ pub fn started(label: &str, start_lsn: Lsn, timeline: u32) {
         start_lsn,
         timeline,
         started_at: unix_now(),
-        boot: pg::postmaster_start(),
+        boot: pg::boot_id(),
         stop_lsn: None,
         stopped_at: None,
+        catalogued_at: None,
     };
     let storage = settings::storage();
     if let Err(e) = block_on(backups::register(&storage.store, &rec)) {
@@ -85,26 +86,34 @@ fn barman_repository(storage: &Storage) -> Option<AnyStore> {
     Some(open.unwrap_or_else(|e| errors::report(e, "cannot use yezzey.barman_repository")))
 }
 
-/// This member's registered backups with what each is now.
-pub fn judged(storage: &Storage) -> Vec<(BackupRecord, Liveness)> {
-    let me = lineage::me().member;
-    let list = block_on(backups::list(
-        &storage.store,
-        pg::system_id(),
-        settings::content_id(),
-        me,
-    ))
-    .unwrap_or_else(|e| errors::report(e, "cannot read the registered backups"));
+/// The registered backups of `members` (this cluster, and for garbage
+/// collection its standbys: a backup of a standby replays this cluster's
+/// WAL) with what each is now. `note_catalogued`: record in a Barman
+/// backup's registration when its catalogue first lists it (from then on
+/// its absence there means it was deleted).
+pub fn judged(
+    storage: &Storage,
+    members: &[MemberId],
+    note_catalogued: bool,
+) -> Vec<(BackupRecord, Liveness)> {
+    let mut list = Vec::new();
+    for m in members {
+        list.extend(
+            block_on(backups::list(
+                &storage.store,
+                pg::system_id(),
+                settings::content_id(),
+                *m,
+            ))
+            .unwrap_or_else(|e| errors::report(e, "cannot read the registered backups")),
+        );
+    }
     let repo = barman_repository(storage);
-    let (boot, now, retention) = (
-        pg::postmaster_start(),
-        unix_now(),
-        settings::backup_retention(),
-    );
+    let (boot, now, retention) = (pg::boot_id(), unix_now(), settings::backup_retention());
     // The repository's connection, for as long as this call holds it.
     crate::fds::transient(3, || {
         list.into_iter()
-            .map(|rec| {
+            .map(|mut rec| {
                 let status = match (&repo, backups::barman_backup_id(&rec.label)) {
                     (Some(repo), Some(id)) => Some(
                         block_on(backups::barman_status(repo, id)).unwrap_or_else(|e| {
@@ -116,9 +125,18 @@ pub fn judged(storage: &Storage) -> Vec<(BackupRecord, Liveness)> {
                     ),
                     _ => None,
                 };
+                let listed = matches!(&status, Some(Some(s)) if s != "FAILED");
+                if note_catalogued && listed && rec.catalogued_at.is_none() {
+                    rec.catalogued_at = Some(now);
+                    // Best effort: until it is noted, absence still retains it.
+                    if block_on(backups::register(&storage.store, &rec)).is_err() {
+                        rec.catalogued_at = None;
+                    }
+                }
+                let here = (rec.member == lineage::me().member).then_some(boot);
                 let live = backups::judge(
                     &rec,
-                    boot,
+                    here,
                     now,
                     retention,
                     status.as_ref().map(|s| s.as_deref()),

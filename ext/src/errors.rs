@@ -89,6 +89,16 @@ pub fn io(err: std::io::Error, context: &str) -> ! {
     error(code, format!("{context}: {err}"), hint)
 }
 
+/// [`io`] with a detail, and a hint of the caller's.
+pub fn io_detail(err: std::io::Error, context: &str, detail: &str, hint: &str) -> ! {
+    let code = match err.kind() {
+        std::io::ErrorKind::StorageFull => PgSqlErrorCode::ERRCODE_DISK_FULL,
+        std::io::ErrorKind::PermissionDenied => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        _ => PgSqlErrorCode::ERRCODE_IO_ERROR,
+    };
+    error_detail(code, format!("{context}: {err}"), detail.into(), hint)
+}
+
 /// Raises a plain ERROR with an SQLSTATE, a message and a hint.
 pub fn error(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
     ErrorReport::new(code, message, "yezzey")

@@ -4,7 +4,8 @@
 //! installation. Each is a thin, guarded wrapper; the work is in the module
 //! it names. The shim's callbacks are checked against the header's
 //! bindings at compile time (`signatures_match_the_header`).
-use crate::{apply, backups, errors, lineage, remote, utility, wal, worker};
+use crate::map::{load, persist};
+use crate::{backups, errors, lineage, pg, remote, utility, wal, worker};
 use pgrx::pg_sys;
 use std::ffi::{c_char, c_void, CStr};
 use yezzey_smgr_shim::SegInfo;
@@ -28,8 +29,8 @@ pub fn install() {
 
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn rmgr_redo(record: *mut pg_sys::XLogReaderState) {
-    let (info, data) = crate::pg::xlog::parts(record);
-    wal::redo(info, data);
+    let (info, data, lsn) = crate::pg::xlog::parts(record);
+    wal::redo(info, data, lsn);
 }
 
 #[pgrx::pg_guard]
@@ -37,7 +38,7 @@ unsafe extern "C-unwind" fn rmgr_desc(
     buf: pg_sys::StringInfo,
     record: *mut pg_sys::XLogReaderState,
 ) {
-    let (_, data) = crate::pg::xlog::parts(record);
+    let (_, data, _) = crate::pg::xlog::parts(record);
     crate::pg::xlog::append(buf, &wal::describe(data));
 }
 
@@ -80,25 +81,63 @@ pub unsafe extern "C-unwind" fn yezzey_remote_prefetch(seg: *const SegInfo, firs
 }
 
 /// After truncate, unlink, a reused relfilenumber or a first local write
-/// changed the shared map: makes the fork's map file say the same.
+/// changed the shared map: makes the fork's map file say the same, if it
+/// can (what it cannot stays for the next checkpoint).
 #[no_mangle]
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn yezzey_map_persist(spc: u32, db: u32, rel: u32, fork: i32) {
-    if let Err(e) = apply::persist(spc, db, rel, fork) {
-        errors::io(
+    if let Err(e) = persist::persist(spc, db, rel, fork) {
+        let f = fork.max(0);
+        persist::warn_lagging(crate::map::shared::key_of(spc, db, rel, f), &e);
+    }
+}
+
+/// From the first process that needs the shared map: the map files.
+#[no_mangle]
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn yezzey_map_load() {
+    load::load();
+}
+
+/// From the postmaster, whenever it creates shared memory: this start's
+/// lineage identity (every process it forks inherits it).
+#[no_mangle]
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn yezzey_shmem_created() {
+    lineage::decide_at_start();
+}
+
+/// From every checkpoint and restartpoint: pg_yezzey in step with the
+/// shared map, or an ERROR that fails the checkpoint.
+#[no_mangle]
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn yezzey_checkpoint(_redo: u64, _flags: i32) {
+    if let Err(e) = persist::checkpoint(true) {
+        errors::io_detail(
             e,
-            &format!("yezzey: could not update the map file of relation {rel}"),
+            "yezzey cannot write its map files, so this checkpoint cannot complete",
+            "Offloads, writes and drops since the last checkpoint are in effect and in WAL, which is kept until a checkpoint completes; crash recovery cannot complete until the files can be written.",
+            "Check the permissions and free space of the data directory's pg_yezzey folder.",
         );
     }
 }
 
-/// From the postmaster, when it creates shared memory: this start's
-/// lineage identity, then the map.
+/// A read or write of a fork whose map is damaged or missing.
 #[no_mangle]
 #[pgrx::pg_guard]
-pub extern "C-unwind" fn yezzey_map_load() {
-    lineage::decide_at_start();
-    apply::load_at_start();
+pub extern "C-unwind" fn yezzey_broken_fork(spc: u32, db: u32, rel: u32, fork: i32) {
+    let key = crate::map::shared::key_of(spc, db, rel, fork);
+    let path = pg::segment_path(key, 0);
+    let path = path.strip_prefix(pg::data_dir()).unwrap_or(&path);
+    errors::error_detail(
+        pgrx::PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+        format!(
+            "relation file \"{}\" is offloaded, but yezzey's map of it is damaged or missing",
+            path.display()
+        ),
+        "Its blocks are in object storage and its local files are empty; without the map they cannot be read, and reading the local files would return no rows.".into(),
+        "Rebuild the map from the objects with SELECT * FROM yezzey_repair_maps() (on a server that cannot start, yezzey-tool repair-maps), or restore pg_yezzey/map from a backup.",
+    );
 }
 
 /// Before CREATE DATABASE ... STRATEGY FILE_COPY (the template) and ALTER
@@ -162,6 +201,12 @@ fn signatures_match_the_header() {
     persist = yezzey_map_persist;
     let mut load: unsafe extern "C-unwind" fn() = h::yezzey_map_load;
     load = yezzey_map_load;
+    let mut created: unsafe extern "C-unwind" fn() = h::yezzey_shmem_created;
+    created = yezzey_shmem_created;
+    let mut checkpoint: unsafe extern "C-unwind" fn(_, _) = h::yezzey_checkpoint;
+    checkpoint = yezzey_checkpoint;
+    let mut broken: unsafe extern "C-unwind" fn(_, _, _, _) = h::yezzey_broken_fork;
+    broken = yezzey_broken_fork;
     let mut refuse: unsafe extern "C-unwind" fn(_, _, _) = h::yezzey_refuse_database_copy;
     refuse = yezzey_refuse_database_copy;
     let mut dropped: unsafe extern "C-unwind" fn(_) = h::yezzey_forget_dropped_database;
@@ -171,6 +216,7 @@ fn signatures_match_the_header() {
     let mut stopped: unsafe extern "C-unwind" fn(_, _) = h::yezzey_backup_stopped;
     stopped = yezzey_backup_stopped;
     let _ = (
-        read, prefetch, persist, load, refuse, dropped, started, stopped,
+        read, prefetch, persist, load, created, checkpoint, broken, refuse, dropped, started,
+        stopped,
     );
 }

@@ -7,16 +7,18 @@
 //! and shared map are the C shim (`smgr_shim`).
 //!
 //! * [`api`]: the SQL functions, by what a DBA does; views and grants in `sql/`.
-//! * [`ffi`]: every function the C side calls; [`remote`], [`apply`],
+//! * [`ffi`]: every function the C side calls; [`remote`], [`map`],
 //!   [`utility`], [`worker`] do their work.
-//! * [`wal`]: the WAL resource manager; [`lineage`]: this cluster's identity
-//!   and published record; [`settings`]: GUCs and the storage handle.
+//! * [`wal`]: the WAL resource manager and the switches it logs (offload,
+//!   forget) with their redo; [`map`]: the shared map of offloaded forks
+//!   and the files that are its durable image; [`lineage`]: this cluster's
+//!   identity and published record; [`settings`]: GUCs and the storage
+//!   handle.
 //! * [`pg`], [`fds`], [`errors`]: what yezzey asks PostgreSQL, the file
 //!   descriptors it reports to it, and the one way it raises errors.
 use pgrx::prelude::*;
 
 mod api;
-mod apply;
 mod backups;
 mod errors;
 mod fault;
@@ -24,6 +26,7 @@ mod fds;
 mod ffi;
 mod init;
 mod lineage;
+mod map;
 mod pg;
 mod remote;
 mod settings;

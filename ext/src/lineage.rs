@@ -6,11 +6,9 @@ use crate::errors;
 use crate::settings::Storage;
 use crate::{fds, pg};
 use pgrx::PgSqlErrorCode;
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use yezzey_storage::key::MemberId;
-use yezzey_storage::names::ObjectName;
 use yezzey_storage::runtime::block_on;
 use yezzey_storage::state::lineage::{self, MemberState, Record};
 use yezzey_storage::state::member::{self, Fingerprint, Member};
@@ -93,32 +91,9 @@ pub fn record(holds: Vec<String>) -> Record {
         lsn: pg::current_lsn(),
         holds,
         forgotten_by: None,
+        in_recovery: pg::in_recovery(),
+        slot: pg::in_recovery().then(pg::primary_slot_name).flatten(),
     }
-}
-
-/// Whether `name` was written by another member (or before lineages).
-fn foreign(name: &str, me: MemberId) -> bool {
-    ObjectName::parse(name).is_ok_and(|n| n.writer != Some(me))
-}
-
-/// What this member holds, without consulting standbys or retention: every
-/// foreign object its maps reference or it retired. A superset of what
-/// garbage collection publishes, for publishing outside it.
-pub fn conservative_holds() -> Vec<String> {
-    let me = me().member;
-    fds::transient(fds::STATE_OP, || {
-        let state = pg::state();
-        let mut holds = BTreeSet::new();
-        for m in state.read_maps().into_iter().flatten() {
-            holds.extend(m.object_names().filter(|n| foreign(n, me)));
-        }
-        for (_, r) in state.retired() {
-            if foreign(&r.name, me) {
-                holds.insert(r.name);
-            }
-        }
-        holds.into_iter().collect()
-    })
 }
 
 /// Errors of [`publish`].
@@ -161,12 +136,13 @@ pub fn raise(e: PublishError, context: &str) -> ! {
 static REGISTERED: AtomicBool = AtomicBool::new(false);
 
 /// Makes sure this member has a record before it uploads anything, so that
-/// every object in the store is attributable to a published member.
-pub fn ensure_registered(storage: &Storage) {
+/// every object in the store is attributable to a published member;
+/// `holds` says what it holds (`map::holds`), if it must be published.
+pub fn ensure_registered(storage: &Storage, holds: impl FnOnce(MemberId) -> Vec<String>) {
     if REGISTERED.load(Ordering::Relaxed) {
         return;
     }
-    let holds = conservative_holds();
+    let holds = holds(me().member);
     if let Err(e) = publish(storage, holds) {
         raise(e, "cannot register this cluster in its lineage");
     }
@@ -217,6 +193,8 @@ pub fn forget(storage: &Storage, member: MemberId) -> Record {
         lsn: pg::current_lsn(),
         holds: Vec::new(),
         forgotten_by: Some(me.member),
+        in_recovery: false,
+        slot: None,
     };
     block_on(lineage::publish(&storage.store, &tomb))
         .unwrap_or_else(|e| errors::report(e, "cannot write the member's tombstone"));

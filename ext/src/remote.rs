@@ -20,9 +20,10 @@ fn host_checks_page(page: &[u8]) -> bool {
 /// Cache entries carry, and hits check, yezzey's own per-block hash only
 /// where PostgreSQL's page checksum does not cover the block (a corrupt
 /// cached page is then PostgreSQL's "invalid page" ERROR, as for a local one;
-/// `yezzey_cache_clear()` mends it).
-fn hit_check() -> HitCheck {
-    if yezzey_smgr_shim::host_verifies_pages() {
+/// `yezzey_cache_clear()` mends it). Pages offloaded without checksums get
+/// theirs set after the read (the C shim), so they are hashed too.
+fn hit_check(seg: &SegInfo) -> HitCheck {
+    if seg.page_checksums && yezzey_smgr_shim::host_verifies_pages() {
         HitCheck::SkipIf(host_checks_page)
     } else {
         HitCheck::Every
@@ -85,7 +86,7 @@ pub fn read(seg: &SegInfo, first: u32, bufs: &mut [&mut [u8]]) {
     let offset = first as u64 * BLOCK_SIZE as u64;
     if let Err(e) = storage
         .reader
-        .read_blocks_blocking(&name, offset, bufs, hit_check())
+        .read_blocks_blocking(&name, offset, bufs, hit_check(seg))
     {
         errors::report(
             e,
@@ -109,6 +110,6 @@ pub fn prefetch(seg: &SegInfo, first: u32, n: u32) {
         &object_name(seg),
         first as u64 * BLOCK_SIZE as u64,
         n as u64 * BLOCK_SIZE as u64,
-        hit_check(),
+        hit_check(seg),
     );
 }

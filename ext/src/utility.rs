@@ -9,9 +9,9 @@
 //! - `DROP DATABASE` removes the directory without the storage manager's
 //!   unlink: the database's maps are forgotten (WAL-logged, so standbys
 //!   follow) and its objects become garbage for `yezzey_gc()`.
-use crate::{apply, errors, fds, pg, wal};
+use crate::map::shared::{self, SharedFork, State};
+use crate::{errors, wal};
 use pgrx::PgSqlErrorCode;
-use yezzey_storage::state::map::ForkMap;
 
 /// Before CREATE DATABASE ... STRATEGY FILE_COPY (the template) and ALTER
 /// DATABASE ... SET TABLESPACE (`is_move`).
@@ -50,21 +50,15 @@ pub fn forget_dropped_database(db: u32) {
     forget_maps(&maps_of(db));
 }
 
-fn maps_of(db: u32) -> Vec<ForkMap> {
-    fds::transient(fds::STATE_OP, || pg::state().maps_of_database(db))
+fn maps_of(db: u32) -> Vec<SharedFork> {
+    shared::of_database(db)
 }
 
-/// Forgets maps of a database whose files are gone (WAL-logged first, as
-/// load back does).
-pub fn forget_maps(maps: &[ForkMap]) {
-    for m in maps {
-        wal::log_forget(m);
-        if let Err(e) = apply::forget(m.key, Some(m.lsn)) {
-            pgrx::warning!(
-                "yezzey: could not remove the map of relation file {} of dropped database {}: {e}",
-                m.key.rel,
-                m.key.db
-            );
-        }
+/// Forgets maps of a database whose files are gone (WAL-logged, as load
+/// back does). A broken map is forgotten whatever offload it had.
+pub fn forget_maps(maps: &[SharedFork]) {
+    for f in maps {
+        let lsn = (f.state == State::Live).then_some(f.map.lsn);
+        wal::forget(f.map.key, lsn);
     }
 }

@@ -1,16 +1,62 @@
-//! yezzey's custom WAL resource manager: the switch of segments between
-//! local and remote is WAL-logged, so crash recovery and streaming standbys
-//! reach the same map (and punch the same holes) as the primary. Records are
-//! small JSON documents, which also makes `pg_waldump` output readable.
+//! yezzey's custom WAL resource manager, and the switches it logs: each
+//! written once, its "log, then apply" beside its redo twin (PostgreSQL's
+//! do/redo pairing), with one failure policy for all of them.
 //!
-//! Redo is idempotent: it sets the map to the record's content and punches
-//! holes that may already be punched; it never moves a map back to an
-//! older offload (see `apply`). The callbacks PostgreSQL calls are in
-//! `ffi.rs`; they land in [`redo`], [`describe`] and [`identify`].
-use crate::{apply, errors, pg};
+//! | switch  | record  | the shared map            | then                                 |
+//! |---------|---------|---------------------------|--------------------------------------|
+//! | offload | OFFLOAD | the fork's pending map goes live | free local copies; map file |
+//! | forget  | FORGET  | the fork leaves; its objects retire | retired records (its map file goes at the next checkpoint) |
+//!
+//! **The failure policy.**
+//! 1. *Before the record* every failure aborts the switch: nothing is
+//!    logged, and what was prepared (a pending map, uploaded objects) is
+//!    undone. The shared map has room for the switch before the record is
+//!    written (a pending map is inserted first, within
+//!    `yezzey.max_map_memory`), so applying it cannot fail for want of it.
+//! 2. *The record and the shared map's change are one step.* No checkpoint
+//!    can complete between them (`DELAY_CHKPT_START`), so a crash that
+//!    loses the change replays the record. OFFLOAD's change (pending to
+//!    live) allocates nothing and runs in a critical section with the
+//!    record: it cannot be left half done. FORGET's (the fork leaves, its
+//!    objects go to the retiring list) needs memory for the retiring list:
+//!    if that fails the fork stays as it was, its objects stay referenced,
+//!    and the command errors; running it again completes it.
+//! 3. *After it*, every step is idempotent and best effort: the map file
+//!    (a failure keeps the fork dirty: [`crate::map::persist`]), freeing
+//!    the local copies (a failure keeps them: [`crate::map::evict`]).
+//!    Nothing after the record raises an ERROR. The record is flushed
+//!    before the shared map changes, so no map file can describe a switch
+//!    that a crash could still take back.
+//!
+//! **What each party sees if a step after the record fails.** The shared
+//! map has the change, so this server reads, writes and collects garbage
+//! by it; a standby replays the record into its own shared map; after a
+//! crash, replay from the last completed checkpoint redoes it (a
+//! checkpoint cannot complete while the change is not in the files); and
+//! garbage collection never sees an object the record names as
+//! unreferenced, because it brings the files in step first and refuses to
+//! run if it cannot.
+//!
+//! **Redo** applies the same change and the same steps after it. It never
+//! moves a map back: maps loaded at startup may be newer than the record
+//! being replayed (they are written after the record and before the next
+//! checkpoint, which replay starts from), so an OFFLOAD older than the
+//! fork's map is skipped, the one that made it keeps what happened since
+//! (local-write flags, truncations), and a FORGET of an offload older than
+//! the map is skipped. Reads during that replay see the newer pages, which
+//! redo skips as already applied, exactly as it does pages flushed before
+//! a crash.
+//!
+//! Records are small JSON documents, which also makes `pg_waldump` output
+//! readable. The callbacks PostgreSQL calls are in `ffi.rs`.
+use crate::map::{evict, persist, shared};
+use crate::{errors, fault, pg};
+use pgrx::PgSqlErrorCode;
 use serde::{Deserialize, Serialize};
+use shared::State;
 use yezzey_storage::key::{Lsn, RelFork};
 use yezzey_storage::state::map::ForkMap;
+use yezzey_storage::state::unix_now;
 
 /// Custom resource manager id (128-255 are for extensions; see
 /// https://wiki.postgresql.org/wiki/CustomWALResourceManagers). Not yet
@@ -29,38 +75,142 @@ struct Forget {
     lsn: Option<Lsn>,
 }
 
-/// Logs (and flushes) an offload; returns its LSN.
-pub fn log_offload(m: &ForkMap) -> Lsn {
+/// OFFLOAD on the primary: `m` is the fork's pending map in the shared
+/// map, whose objects are uploaded; logs it and makes it live. Returns
+/// the record's position.
+pub fn offload(m: &ForkMap) -> Lsn {
     let payload = serde_json::to_vec(m).expect("serialising a map");
-    pg::xlog::insert_flushed(RMGR_ID, XLOG_YEZZEY_OFFLOAD, &payload)
+    let lsn = pg::xlog::log_and_apply(RMGR_ID, XLOG_YEZZEY_OFFLOAD, &payload, true, |_| {
+        // Allocates nothing; the pending map is there (the offload holds
+        // the relation's lock, and only its own backend removes it).
+        assert!(
+            shared::set_state(m.key, State::Pending, State::Live),
+            "the pending map of {} vanished",
+            m.key
+        );
+    });
+    fault::point("after_wal");
+    after_offload(m);
+    lsn
 }
 
-/// Logs (and flushes) that the offload of `m` is undone: its fork is local again.
-pub fn log_forget(m: &ForkMap) -> Lsn {
+/// OFFLOAD in redo (crash recovery, standbys, point-in-time recovery).
+fn redo_offload(m: ForkMap) {
+    if let Some(m) = apply_map(m) {
+        after_offload(&m);
+    }
+}
+
+/// A fork's map from WAL into the shared map, never moving it back: a
+/// later offload's map is kept (`None`); the same offload's map keeps
+/// what happened since (segments written, truncated, the eviction done:
+/// those only go one way until the next offload); a broken map is
+/// replaced, with every segment taken as written (local writes since may
+/// be lost with its file, so reads look at the local file first).
+fn apply_map(mut m: ForkMap) -> Option<ForkMap> {
+    match shared::get(m.key) {
+        // A later offload of this fork is already here (crash recovery).
+        Some(cur) if cur.state != State::Pending && cur.map.lsn > m.lsn => return None,
+        Some(cur) if cur.state == State::Live && cur.map.lsn == m.lsn => {
+            m.evicted |= cur.map.evicted;
+            for s in &mut m.segments {
+                if let Some(c) = cur.map.segments.iter().find(|c| c.segno == s.segno) {
+                    s.written |= c.written;
+                    s.blocks = s.blocks.min(c.blocks);
+                }
+            }
+        }
+        Some(cur) if cur.state == State::Broken => {
+            m.segments.iter_mut().for_each(|s| s.written = true);
+        }
+        _ => {}
+    }
+    if !shared::put(&m, State::Live, true, false) {
+        errors::error(
+            PgSqlErrorCode::ERRCODE_OUT_OF_MEMORY,
+            format!("yezzey: out of shared memory replaying the map of {}", m.key),
+            "The map of offloaded segments grows in dynamic shared memory; check the operating system's shared memory limits.",
+        );
+    }
+    Some(m)
+}
+
+/// What follows an offload's switch, on the primary and in redo: the local
+/// copies freed, then the map file. (The file need not come first: until
+/// a checkpoint writes it, the record is replayed after a crash.) Never
+/// raises an ERROR.
+fn after_offload(m: &ForkMap) {
+    if evict::free_unwritten(m) {
+        let k = m.key;
+        yezzey_smgr_shim::map::set_evicted(k.spc, k.db, k.rel, k.fork.as_i32());
+    }
+    fault::point("after_map");
+    persist::persist_or_warn(m.key);
+}
+
+/// FORGET on the primary: the fork's data is local again (load back) or
+/// gone (its database was dropped); its objects retire. Its buffers are
+/// written out first, here and in redo: while the map is there, the
+/// fork's length comes from it; once it goes, from the local files.
+pub fn forget(key: RelFork, offload_lsn: Option<Lsn>) -> Lsn {
     let f = Forget {
-        key: m.key,
-        lsn: Some(m.lsn),
+        key,
+        lsn: offload_lsn,
     };
     let payload = serde_json::to_vec(&f).expect("serialising a record");
-    pg::xlog::insert_flushed(RMGR_ID, XLOG_YEZZEY_FORGET, &payload)
+    pg::relation::flush_all_buffers(key);
+    let lsn = pg::xlog::log_and_apply(RMGR_ID, XLOG_YEZZEY_FORGET, &payload, false, |lsn| {
+        retire(key, lsn);
+    });
+    fault::point("after_forget");
+    persist::persist_or_warn(key);
+    lsn
+}
+
+/// FORGET in redo.
+fn redo_forget(f: Forget, lsn: Lsn) {
+    if let (Some(cur), Some(flsn)) = (shared::get(f.key), f.lsn) {
+        if cur.state == State::Live && cur.map.lsn > flsn {
+            return; // a later offload's map (crash recovery)
+        }
+    }
+    // The pages a load back logged may be only in buffers yet (full-page
+    // images replayed just before): on disk before the map goes, or the
+    // fork would look as long as its local file, empty.
+    pg::relation::flush_all_buffers(f.key);
+    retire(f.key, lsn);
+    persist::persist_or_warn(f.key);
+}
+
+fn retire(key: RelFork, lsn: Lsn) {
+    yezzey_smgr_shim::map::retire(
+        key.spc,
+        key.db,
+        key.rel,
+        key.fork.as_i32(),
+        lsn.0,
+        unix_now(),
+    );
 }
 
 /// Replays a record.
-pub fn redo(info: u8, data: &[u8]) {
+pub fn redo(info: u8, data: &[u8], lsn: Lsn) {
     let result = match info {
-        XLOG_YEZZEY_OFFLOAD => serde_json::from_slice::<ForkMap>(data)
-            .map_err(|e| e.to_string())
-            .and_then(|m| apply::offload(&m).map_err(|e| e.to_string())),
-        XLOG_YEZZEY_FORGET => serde_json::from_slice::<Forget>(data)
-            .map_err(|e| e.to_string())
-            .and_then(|f| apply::forget(f.key, f.lsn).map_err(|e| e.to_string())),
-        other => Err(format!("unknown record type {other:#x}")),
+        XLOG_YEZZEY_OFFLOAD => serde_json::from_slice::<ForkMap>(data).map(redo_offload),
+        XLOG_YEZZEY_FORGET => serde_json::from_slice::<Forget>(data).map(|f| redo_forget(f, lsn)),
+        other => {
+            errors::error(
+                PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                format!("yezzey redo: unknown record type {other:#x}"),
+                "The WAL was written by a newer yezzey; install it on this server.",
+            );
+        }
     };
     if let Err(e) = result {
         errors::error(
-            pgrx::PgSqlErrorCode::ERRCODE_IO_ERROR,
-            format!("yezzey redo failed: {e}"),
-            "Check the data directory's pg_yezzey folder and free space; the record is replayed again at the next start.",
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            format!("yezzey redo: unreadable record: {e}"),
+            "The WAL was written by a newer yezzey; install it on this server.",
         );
     }
 }

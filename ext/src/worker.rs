@@ -1,9 +1,14 @@
 //! The lineage worker: one background worker per server that publishes
-//! this cluster's lineage record (see `lineage`) as soon as the server
+//! this cluster's lineage record (see `lineage`): on a hot standby (or a
+//! restore replaying archived WAL) as soon as it is consistent and then
+//! every ten seconds its replay position moved, so that garbage collection in
+//! the primary keeps what it has yet to replay; on a primary when it
 //! leaves recovery (the birth of a restored copy, a clone or a promoted
-//! standby), then again within a minute whenever what it holds shrank, and
-//! every ten minutes anyway. A store that cannot be reached is retried
-//! every ten seconds, with one warning.
+//! standby), then again within a minute whenever what it holds shrank,
+//! and every ten minutes anyway. A store that cannot be reached is retried
+//! every ten seconds, with one warning. A standby with `hot_standby = off`
+//! runs no background workers: while it is disconnected, only
+//! `yezzey.gc_retention` protects what it has yet to replay.
 use crate::{lineage, settings};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
@@ -12,6 +17,8 @@ use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 const CHECK: Duration = Duration::from_secs(60);
+/// In recovery the replay position is what others wait for.
+const RECOVERY_CHECK: Duration = Duration::from_secs(10);
 const REFRESH: Duration = Duration::from_secs(600);
 const RETRY: Duration = Duration::from_secs(10);
 
@@ -22,7 +29,7 @@ pub fn register() {
         .set_library("yezzey")
         .set_function("yezzey_lineage_worker_main")
         .enable_shmem_access(None)
-        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_start_time(BgWorkerStartTime::ConsistentState)
         .set_restart_time(Some(RETRY))
         .load();
 }
@@ -42,7 +49,11 @@ pub fn main() {
                     pgrx::log!("yezzey: this cluster's lineage record is published again");
                 }
                 failing = false;
-                CHECK
+                if crate::pg::in_recovery() {
+                    RECOVERY_CHECK
+                } else {
+                    CHECK
+                }
             }
             Err(e) => {
                 if !failing {
@@ -63,9 +74,13 @@ fn publish_if_due(last: &mut Option<(u64, Instant)>) -> Result<(), String> {
         return Ok(());
     }
     let storage = settings::try_storage().map_err(|e| e.to_string())?;
-    let holds = lineage::conservative_holds();
+    let holds = crate::map::holds::holds(lineage::me().member);
     let mut h = std::collections::hash_map::DefaultHasher::new();
     holds.hash(&mut h);
+    // In recovery, the replay position is what others need to know.
+    if crate::pg::in_recovery() {
+        crate::pg::current_lsn().0.hash(&mut h);
+    }
     let digest = h.finish();
     if last.is_some_and(|(d, at)| d == digest && at.elapsed() < REFRESH) {
         return Ok(());

@@ -88,34 +88,162 @@ pub use ffi::YzSegInfo as SegInfo;
 /// them: the extension checks its definitions against these.
 pub mod callbacks {
     pub use super::ffi::{
-        yezzey_backup_started, yezzey_backup_stopped, yezzey_forget_dropped_database,
-        yezzey_map_load, yezzey_map_persist, yezzey_refuse_database_copy, yezzey_remote_prefetch,
-        yezzey_remote_read,
+        yezzey_backup_started, yezzey_backup_stopped, yezzey_broken_fork, yezzey_checkpoint,
+        yezzey_forget_dropped_database, yezzey_map_load, yezzey_map_persist,
+        yezzey_refuse_database_copy, yezzey_remote_prefetch, yezzey_remote_read,
+        yezzey_shmem_created,
     };
 }
 
-/// The shared map of offloaded segments (`yezzey_map.c`). Every function
-/// takes the map's LWLock briefly; call from a PostgreSQL process only.
+/// The shared map of offloaded forks (`yezzey_map.c`): dshash tables that
+/// grow as needed. Every function takes a partition lock briefly; call
+/// from a PostgreSQL process's main thread only. Keys are plain
+/// `(spc, db, rel, fork)`: the extension wraps them in its typed keys.
 pub mod map {
     use super::{ffi, SegInfo};
 
-    /// Inserts or replaces a segment; false when the map is full.
-    pub fn put(seg: &SegInfo) -> bool {
-        unsafe { ffi::yz_map_put(seg) }
+    pub use ffi::YzForkHead as ForkHead;
+    pub use ffi::YzMapUsage as Usage;
+    pub use ffi::YzRetiring as Retiring;
+
+    /// Uploading, not logged yet: readers ignore it; GC keeps its objects.
+    pub const PENDING: u8 = ffi::YzForkState::YZ_FORK_PENDING as u8;
+    /// Logged: readers serve its remote ranges from the objects.
+    pub const LIVE: u8 = ffi::YzForkState::YZ_FORK_LIVE as u8;
+    /// Its map file is damaged or missing: reads and writes ERROR.
+    pub const BROKEN: u8 = ffi::YzForkState::YZ_FORK_BROKEN as u8;
+
+    /// What the map says of one segment.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Lookup {
+        Found(SegInfo),
+        None,
+        Broken,
     }
 
-    pub fn get(spc: u32, db: u32, rel: u32, fork: i32, segno: u32) -> Option<SegInfo> {
+    pub fn get(spc: u32, db: u32, rel: u32, fork: i32, segno: u32) -> Lookup {
         let mut out = SegInfo::default();
-        unsafe { ffi::yz_map_get(spc, db, rel, fork, segno, &mut out) }.then_some(out)
-    }
-
-    /// Removes every segment of a fork (`fork < 0`: of all forks).
-    pub fn remove(spc: u32, db: u32, rel: u32, fork: i32) -> i32 {
-        unsafe { ffi::yz_map_remove(spc, db, rel, fork) }
+        match unsafe { ffi::yz_map_get(spc, db, rel, fork, segno, &mut out) } {
+            1 => Lookup::Found(out),
+            0 => Lookup::None,
+            _ => Lookup::Broken,
+        }
     }
 
     pub fn has_remote(spc: u32, db: u32, rel: u32) -> bool {
         unsafe { ffi::yz_map_rel_has_remote(spc, db, rel) }
+    }
+
+    /// Inserts or replaces a fork's map; false when memory (or, with
+    /// `within_limit`, yezzey.max_map_memory) does not allow it.
+    pub fn put_fork(head: &ForkHead, segs: &[SegInfo], within_limit: bool) -> bool {
+        unsafe { ffi::yz_map_put_fork(head, segs.as_ptr(), segs.len() as u32, within_limit) }
+    }
+
+    /// A fork's head and segments, in any state.
+    pub fn get_fork(spc: u32, db: u32, rel: u32, fork: i32) -> Option<(ForkHead, Vec<SegInfo>)> {
+        let mut segs = vec![SegInfo::default(); 8];
+        loop {
+            let mut head = ForkHead::default();
+            let found = unsafe {
+                ffi::yz_map_get_fork(
+                    spc,
+                    db,
+                    rel,
+                    fork,
+                    &mut head,
+                    segs.as_mut_ptr(),
+                    segs.len() as u32,
+                )
+            };
+            if !found {
+                return None;
+            }
+            if head.nsegs as usize <= segs.len() {
+                segs.truncate(head.nsegs as usize);
+                return Some((head, segs));
+            }
+            segs = vec![SegInfo::default(); head.nsegs as usize];
+        }
+    }
+
+    /// Moves a fork between states; false if it was not in `from`.
+    /// Allocates nothing: may run in a critical section.
+    pub fn set_state(spc: u32, db: u32, rel: u32, fork: i32, from: u8, to: u8) -> bool {
+        unsafe { ffi::yz_map_set_state(spc, db, rel, fork, from, to) }
+    }
+
+    pub fn set_evicted(spc: u32, db: u32, rel: u32, fork: i32) -> bool {
+        unsafe { ffi::yz_map_set_evicted(spc, db, rel, fork) }
+    }
+
+    /// Clears a fork's dirty flag if nothing changed it since `version`.
+    pub fn mark_clean(spc: u32, db: u32, rel: u32, fork: i32, version: u64) {
+        unsafe { ffi::yz_map_mark_clean(spc, db, rel, fork, version) }
+    }
+
+    /// Every fork's head.
+    pub fn list() -> Vec<ForkHead> {
+        let mut out = vec![ForkHead::default(); 64];
+        loop {
+            let n = unsafe { ffi::yz_map_list(out.as_mut_ptr(), out.len() as u32) } as usize;
+            if n <= out.len() {
+                out.truncate(n);
+                return out;
+            }
+            out = vec![ForkHead::default(); n + n / 4];
+        }
+    }
+
+    /// Removes a fork (`fork < 0`: all of the relation's); a LIVE fork's
+    /// objects go to the retiring list at `lsn` and `at`. Returns how many
+    /// forks were removed.
+    pub fn retire(spc: u32, db: u32, rel: u32, fork: i32, lsn: u64, at: i64) -> i32 {
+        unsafe { ffi::yz_map_retire(spc, db, rel, fork, lsn, at) }
+    }
+
+    /// Removes this process's pending fork (an offload that failed).
+    pub fn drop_pending(spc: u32, db: u32, rel: u32, fork: i32) {
+        unsafe { ffi::yz_map_drop_pending(spc, db, rel, fork) }
+    }
+
+    /// Objects that left the map and await their retired record.
+    pub fn retiring() -> Vec<Retiring> {
+        let mut out = vec![Retiring::default(); 16];
+        loop {
+            let n =
+                unsafe { ffi::yz_map_list_retiring(out.as_mut_ptr(), out.len() as u32) } as usize;
+            if n <= out.len() {
+                out.truncate(n);
+                return out;
+            }
+            out = vec![Retiring::default(); n + n / 4];
+        }
+    }
+
+    pub fn drop_retiring(object_id: &[u8; 16]) {
+        unsafe { ffi::yz_map_drop_retiring(object_id.as_ptr()) }
+    }
+
+    /// Takes the flag that says the set of forks changed since the manifest.
+    pub fn take_keys_changed() -> bool {
+        unsafe { ffi::yz_map_take_keys_changed() }
+    }
+
+    pub fn set_keys_changed() {
+        unsafe { ffi::yz_map_set_keys_changed() }
+    }
+
+    pub fn usage() -> Usage {
+        let mut u = Usage::default();
+        unsafe { ffi::yz_map_usage(&mut u) };
+        u
+    }
+
+    /// Unique per creation of shared memory: a postmaster start or its
+    /// restart after a crash (which keeps the postmaster's start time).
+    pub fn boot_id() -> u64 {
+        unsafe { ffi::yz_boot_id() }
     }
 
     /// Blocks per segment file (RELSEG_SIZE).

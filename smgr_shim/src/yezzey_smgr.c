@@ -28,6 +28,7 @@
 #include "miscadmin.h"
 #include "storage/bufmgr.h"
 #include "storage/bufpage.h"
+#include "storage/checksum.h"
 #include "storage/md.h"
 #include "storage/smgr.h"
 #include "utils/memutils.h"
@@ -123,7 +124,7 @@ yz_segment_blocks(SMgrRelation reln, ForkNumber forknum, BlockNumber segno)
 	if (reln->smgr_which != yz_smgr_id ||
 		(c != NULL && c->generation == yz_map_generation() ? !c->has_remote
 		 : !yz_map_rel_has_remote(l.spcOid, l.dbOid, l.relNumber)) ||
-		!yz_map_get(l.spcOid, l.dbOid, l.relNumber, forknum, segno, &seg))
+		yz_map_get(l.spcOid, l.dbOid, l.relNumber, forknum, segno, &seg) <= 0)
 		return prev_segment_blocks_hook ? prev_segment_blocks_hook(reln, forknum, segno) : 0;
 	return seg.remote_blocks;
 }
@@ -142,13 +143,44 @@ page_is_zero(const void *page)
 	return true;
 }
 
+/*
+ * A fork whose map is damaged or missing is never served: md would read its
+ * truncated files as an empty relation.  ERRORs (outside critical sections,
+ * where the read or write that follows fails instead).
+ */
+static void
+refuse_broken(SMgrRelation reln, ForkNumber forknum)
+{
+	RelFileLocator l = reln->smgr_rlocator.locator;
+
+	yezzey_broken_fork(l.spcOid, l.dbOid, l.relNumber, forknum);
+}
+
+/*
+ * WAL replay is the exception: the map of a fork that was dropped, loaded
+ * back or rewritten later in the WAL may well be gone, and replay must not
+ * stop at it.  It reads the local files, as md would; a block replay needs
+ * that is not there is PostgreSQL's own invalid-page reference, forgotten
+ * when the record that drops the relation is replayed (and a PANIC at the
+ * end of recovery if none is: then repair the map with yezzey-tool).
+ */
+static inline bool
+serve_broken_as_local(void)
+{
+	return AmStartupProcess();
+}
+
 /* The shared map's entry for the segment holding block `blk`, if any. */
 static inline bool
 segment_of(SMgrRelation reln, ForkNumber forknum, BlockNumber blk, YzSegInfo *seg)
 {
 	RelFileLocator l = reln->smgr_rlocator.locator;
+	int			found = yz_map_get(l.spcOid, l.dbOid, l.relNumber, forknum,
+								   blk / RELSEG_SIZE, seg);
 
-	return yz_map_get(l.spcOid, l.dbOid, l.relNumber, forknum, blk / RELSEG_SIZE, seg);
+	if (unlikely(found < 0) && !serve_broken_as_local())
+		refuse_broken(reln, forknum);
+	return found > 0;
 }
 
 /* How many of `left` blocks from `blk` on lie in blk's segment. */
@@ -156,6 +188,30 @@ static inline BlockNumber
 in_segment(BlockNumber blk, BlockNumber left)
 {
 	return Min(left, RELSEG_SIZE - blk % RELSEG_SIZE);
+}
+
+/*
+ * Reads blocks of a segment's remote range from its object.  Pages
+ * offloaded while the cluster had no data checksums carry none, and
+ * pg_checksums --enable rewrites only local files: when the cluster has
+ * checksums now, those pages get theirs here, as pg_checksums would have
+ * set them (their bytes were verified by yezzey's own hashes on the way).
+ */
+static void
+remote_read(const YzSegInfo *seg, BlockNumber first, BlockNumber n, void **buffers)
+{
+	yezzey_remote_read(seg, first, n, buffers);
+	if (!seg->page_checksums && DataChecksumsEnabled())
+	{
+		for (BlockNumber i = 0; i < n; i++)
+		{
+			Page		page = (Page) buffers[i];
+
+			if (!PageIsNew(page))
+				((PageHeader) page)->pd_checksum =
+					pg_checksum_page((char *) page, seg->segno * RELSEG_SIZE + first + i);
+		}
+	}
 }
 
 /*
@@ -184,7 +240,7 @@ fill_remote(const YzSegInfo *seg, BlockNumber first, void **buffers, BlockNumber
 		while (i + run < nblocks && first + i + run < seg->remote_blocks &&
 			   page_is_zero(buffers[i + run]))
 			run++;
-		yezzey_remote_read(seg, first + i, run, &buffers[i]);
+		remote_read(seg, first + i, run, &buffers[i]);
 		i += run;
 	}
 }
@@ -212,7 +268,7 @@ read_segments(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 		if (!md_done && found && !seg.written && first < seg.remote_blocks)
 		{
 			run = Min(run, seg.remote_blocks - first);
-			yezzey_remote_read(&seg, first, run, &buffers[i]);
+			remote_read(&seg, first, run, &buffers[i]);
 		}
 		else
 		{
@@ -230,9 +286,12 @@ read_segments(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 }
 
 /*
- * Before a write lands in a segment's remote range, records (durably, in
- * the map file) that the segment has local writes, so that no read, now or
- * after a crash, takes the remote bytes for it without looking locally.
+ * Before a write lands in a segment's remote range, records that the
+ * segment has local writes, so that no read takes the remote bytes for it
+ * without looking locally: in the shared map at once, in the map file now
+ * if it can be written (else the fork stays dirty, and no checkpoint
+ * completes until it is written: a crash before then replays the write
+ * from WAL, which marks the segment again).
  */
 static void
 note_local_write(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
@@ -342,7 +401,7 @@ yz_create(SMgrRelation reln, ForkNumber forknum, bool isRedo)
 	 * may be dropped; a dropped relation's entries went with its unlink.
 	 */
 	if (!isRedo && has_remote(reln) &&
-		yz_map_remove(l.spcOid, l.dbOid, l.relNumber, forknum) > 0)
+		yz_map_retire(l.spcOid, l.dbOid, l.relNumber, forknum, 0, 0) > 0)
 		yezzey_map_persist(l.spcOid, l.dbOid, l.relNumber, forknum);
 }
 
@@ -360,11 +419,14 @@ yz_unlink(RelFileLocatorBackend rlocator, ForkNumber forknum, bool isRedo)
 
 	COUNT(YZ_CALL_UNLINK);
 	mdunlink(rlocator, forknum, isRedo);
-	/* The relation's objects are now unreferenced: GC may remove them. */
+	/*
+	 * The relation's objects leave the map: retired at this position, so GC
+	 * keeps them for standbys, backups and retention.
+	 */
 	if (forknum == MAIN_FORKNUM || forknum == InvalidForkNumber)
 	{
 		if (yz_map_rel_has_remote(l.spcOid, l.dbOid, l.relNumber) &&
-			yz_map_remove(l.spcOid, l.dbOid, l.relNumber, -1) > 0)
+			yz_map_retire(l.spcOid, l.dbOid, l.relNumber, -1, 0, 0) > 0)
 			yezzey_map_persist(l.spcOid, l.dbOid, l.relNumber, -1);
 	}
 }
@@ -375,7 +437,12 @@ yz_extend(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 {
 	COUNT(YZ_CALL_EXTEND);
 	if (unlikely(has_remote(reln)))
+	{
+		YzSegInfo	seg;
+
+		(void) segment_of(reln, forknum, blocknum, &seg);	/* refuses a lost map */
 		note_local_write(reln, forknum, blocknum, 1);
+	}
 	mdextend(reln, forknum, blocknum, buffer, skipFsync);
 }
 
@@ -385,7 +452,12 @@ yz_zeroextend(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 {
 	COUNT(YZ_CALL_ZEROEXTEND);
 	if (unlikely(has_remote(reln)))
+	{
+		YzSegInfo	seg;
+
+		(void) segment_of(reln, forknum, blocknum, &seg);	/* refuses a lost map */
 		note_local_write(reln, forknum, blocknum, nblocks);
+	}
 	mdzeroextend(reln, forknum, blocknum, nblocks, skipFsync);
 }
 
@@ -447,6 +519,13 @@ static BlockNumber
 yz_nblocks(SMgrRelation reln, ForkNumber forknum)
 {
 	COUNT(YZ_CALL_NBLOCKS);
+	if (unlikely(has_remote(reln)) && CritSectionCount == 0)
+	{
+		YzSegInfo	seg;
+
+		/* A scan starts here: an empty answer must not hide a lost map. */
+		(void) segment_of(reln, forknum, 0, &seg);
+	}
 	return mdnblocks(reln, forknum);
 }
 
@@ -461,10 +540,14 @@ yz_truncate(SMgrRelation reln, ForkNumber forknum, BlockNumber old_blocks,
 	/*
 	 * Blocks past the new end must never be served from an object again
 	 * (a re-extended relation reads zeros there).  Runs inside
-	 * RelationTruncate's critical section, like md's own ftruncate.
+	 * RelationTruncate's critical section, like md's own ftruncate: the
+	 * shared map changes at once, the map file at the next checkpoint
+	 * (which fails until it is written; a crash before then replays the
+	 * truncation).  Outside one (redo), the file is written now.
 	 */
 	if (has_remote(reln) &&
-		yz_map_truncate(l.spcOid, l.dbOid, l.relNumber, forknum, nblocks, RELSEG_SIZE) > 0)
+		yz_map_truncate(l.spcOid, l.dbOid, l.relNumber, forknum, nblocks, RELSEG_SIZE) > 0 &&
+		CritSectionCount == 0)
 		yezzey_map_persist(l.spcOid, l.dbOid, l.relNumber, forknum);
 }
 

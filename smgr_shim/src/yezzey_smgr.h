@@ -56,8 +56,14 @@ extern uint64_t yz_smgr_opened_yezzey(void);
 extern uint64_t yz_smgr_opened_md(void);
 
 /*
- * The map of offloaded segments (yezzey_map.c), in shared memory.
+ * The map of offloaded relation forks (yezzey_map.c), in shared memory that
+ * grows as needed (a dshash table in a DSA area).  While the server runs it
+ * is the authority: WAL records change it first, and the map files in
+ * $PGDATA/pg_yezzey/map are its durable image, written eagerly where that
+ * can be done and by every checkpoint (which fails while they cannot be).
  */
+
+/* A segment as readers see it, and as the map lists it. */
 typedef struct YzSegInfo
 {
 	uint32_t	spc;
@@ -77,6 +83,9 @@ typedef struct YzSegInfo
 	 * never written back locally.  0: no such promise (older maps).
 	 */
 	uint64_t	clean_lsn;
+	/* Bytes of the segment file uploaded, and of its object. */
+	uint64_t	raw_len;
+	uint64_t	stored_len;
 	/*
 	 * A block of the remote range was written locally since the offload, so
 	 * reads must look at the local file first.  While false, every block of
@@ -84,30 +93,136 @@ typedef struct YzSegInfo
 	 * go straight to the object.
 	 */
 	bool		written;
+	/*
+	 * The object's pages carry valid data checksums (the cluster had them
+	 * on at the offload).  When the cluster verifies checksums now and the
+	 * object's pages have none (pg_checksums --enable after the offload),
+	 * reads set them.
+	 */
+	bool		page_checksums;
 } YzSegInfo;
 
-extern int	yz_max_segments;
+/* What state a fork's map is in. */
+typedef enum YzForkState
+{
+	/* Uploading, not logged yet: readers ignore it; GC keeps its objects. */
+	YZ_FORK_PENDING = 1,
+	/* Logged: readers serve its remote ranges from the objects. */
+	YZ_FORK_LIVE = 2,
+	/* Its map file is damaged or missing: every read or write ERRORs. */
+	YZ_FORK_BROKEN = 3
+} YzForkState;
 
-/* Defines yezzey.max_segments and the shared-memory hooks (from yz_smgr_install). */
+/* A fork's map, apart from its segments. */
+typedef struct YzForkHead
+{
+	uint32_t	spc;
+	uint32_t	db;
+	uint32_t	rel;
+	int32_t		fork;
+	uint8_t		state;			/* YzForkState */
+	bool		evicted;		/* the local copies were freed */
+	bool		page_checksums; /* see YzSegInfo */
+	bool		dirty;			/* its map file is not in step yet */
+	int32_t		content;
+	int32_t		owner_pid;		/* PENDING: the uploading process */
+	uint64_t	writer;
+	int64_t		offloaded_at;	/* Unix seconds */
+	uint64_t	lsn;			/* the OFFLOAD record's insert position */
+	uint64_t	clean_lsn;
+	uint64_t	version;		/* bumped by every change */
+	uint32_t	nsegs;
+} YzForkHead;
+
+/* An object that left the map, until its retired record is durable. */
+typedef struct YzRetiring
+{
+	YzSegInfo	seg;
+	int32_t		content;
+	uint64_t	lsn;			/* WAL position at or after it left */
+	int64_t		at;				/* Unix seconds */
+} YzRetiring;
+
+/* How much the map holds and takes. */
+typedef struct YzMapUsage
+{
+	uint64_t	bytes;			/* shared memory of the map's area */
+	uint64_t	limit;			/* yezzey.max_map_memory in bytes (0: none) */
+	uint32_t	forks;
+	uint32_t	segments;
+	uint32_t	broken;
+	uint32_t	pending;
+	uint32_t	retiring;
+	uint32_t	dirty;
+} YzMapUsage;
+
+/* Defines the map's settings and the shared-memory hooks (from yz_smgr_install). */
 extern void yz_map_install(void);
+/* Changes whenever what readers see changes (per-relation caches compare it). */
 extern uint64_t yz_map_generation(void);
+/* Unique per creation of shared memory (a postmaster start or a restart after a crash). */
+extern uint64_t yz_boot_id(void);
+/* Whether a relation has a LIVE or BROKEN fork. */
 extern bool yz_map_rel_has_remote(uint32_t spc, uint32_t db, uint32_t rel);
-extern bool yz_map_get(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
+/*
+ * A LIVE fork's segment: 1 found, 0 no such segment or fork, -1 the fork is
+ * BROKEN.
+ */
+extern int	yz_map_get(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
 					   uint32_t segno, YzSegInfo *out);
-/* Inserts or replaces; false when the map is full. */
-extern bool yz_map_put(const YzSegInfo *seg);
-/* Removes every segment of a fork (fork < 0: of every fork); returns how many. */
-extern int	yz_map_remove(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork);
+/*
+ * Inserts or replaces a fork's map (head->state, head->dirty as given).
+ * False, changing nothing, when the map would grow past yezzey.max_map_memory
+ * (only if `within_limit`) or its segment array cannot be allocated; an
+ * ERROR if the tables themselves cannot grow (dynamic shared memory
+ * exhausted), leaving the fork as it was.
+ */
+extern bool yz_map_put_fork(const YzForkHead *head, const YzSegInfo *segs,
+							uint32_t nsegs, bool within_limit);
+/* A fork's head and up to `max` of its segments; false if it has none. */
+extern bool yz_map_get_fork(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
+							YzForkHead *head, YzSegInfo *segs, uint32_t max);
+/*
+ * Moves a fork from one state to another (false if it is not in `from`).
+ * Allocates nothing: safe in a critical section.
+ */
+extern bool yz_map_set_state(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
+							 uint8_t from, uint8_t to);
+extern bool yz_map_set_evicted(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork);
+/* Clears the dirty flag if the fork is still at `version`. */
+extern void yz_map_mark_clean(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
+							  uint64_t version);
+/* Every fork's head (any state), up to `max`; returns how many there are. */
+extern uint32_t yz_map_list(YzForkHead *out, uint32_t max);
+/*
+ * Removes a fork (fork < 0: every fork of the relation).  The segments of a
+ * LIVE fork move to the retiring list at `lsn` and `at`; PENDING and BROKEN
+ * forks are dropped.  Returns how many forks were removed.
+ */
+extern int	yz_map_retire(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
+						  uint64_t lsn, int64_t at);
+/* Removes this process's PENDING forks (an offload that failed). */
+extern void yz_map_drop_pending(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork);
+/* The retiring list, up to `max`; returns its length. */
+extern uint32_t yz_map_list_retiring(YzRetiring *out, uint32_t max);
+/* Drops an entry of the retiring list (its record is durable). */
+extern void yz_map_drop_retiring(const uint8_t *object_id);
 /*
  * Records that a block at or after `first` of a segment is about to be
- * written locally; true when this changed the segment's flag (the caller
- * then persists it before writing).
+ * written locally; true when this changed the segment's flag (the fork is
+ * then dirty, and the caller persists it before writing).
  */
 extern bool yz_map_mark_written(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
 								uint32_t segno, uint32_t first);
-/* Clamps remote ranges to a fork's new length in blocks; returns entries changed. */
+/* Clamps remote ranges to a fork's new length in blocks; returns segments changed. */
 extern int	yz_map_truncate(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
 							uint32_t nblocks, uint32_t blocks_per_segment);
+/* Whether some fork's map file or the manifest is not in step. */
+extern bool yz_map_needs_persist(void);
+/* Takes the "set of forks changed" flag (the manifest must be rewritten). */
+extern bool yz_map_take_keys_changed(void);
+extern void yz_map_set_keys_changed(void);
+extern void yz_map_usage(YzMapUsage *out);
 
 /* Blocks per segment file (RELSEG_SIZE of this build). */
 extern uint32_t yz_blocks_per_segment(void);
@@ -128,11 +243,20 @@ extern bool yz_host_verifies_pages(void);
 extern void yezzey_remote_read(const YzSegInfo *seg, uint32_t first, uint32_t n, void **buffers);
 /* Hints that blocks [first, first + n) of a segment will be read soon. */
 extern void yezzey_remote_prefetch(const YzSegInfo *seg, uint32_t first, uint32_t n);
-/* Rewrites the durable map file of a fork after the shared map changed
- * underneath it (truncate, unlink, relfilenumber reuse, a first local write). */
+/*
+ * Brings the map files of a relation's forks (fork < 0: all of them) in step
+ * with the shared map; never ERRORs (what fails stays dirty for the next
+ * checkpoint).  Not called inside critical sections.
+ */
 extern void yezzey_map_persist(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork);
-/* Loads the durable map into shared memory (postmaster start and restart). */
+/* Loads the map files into the shared map (the first process that needs it). */
 extern void yezzey_map_load(void);
+/* From the postmaster whenever it creates shared memory: this start's identity. */
+extern void yezzey_shmem_created(void);
+/* From every checkpoint and restartpoint: makes pg_yezzey say what the map says (ERRORs if it cannot). */
+extern void yezzey_checkpoint(uint64_t redo, int flags);
+/* Raises the ERROR for a fork whose map is damaged or missing. */
+extern void yezzey_broken_fork(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork);
 /* ERRORs if database `db` (InvalidOid: none) has offloaded relations, which
  * CREATE DATABASE ... FILE_COPY (is_move false) or ALTER DATABASE ... SET
  * TABLESPACE (is_move true) would copy as files. */

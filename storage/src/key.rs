@@ -51,7 +51,7 @@ pub struct RelFork {
 }
 
 impl RelFork {
-    pub fn main(spc: u32, db: u32, rel: u32) -> RelFork {
+    pub const fn main(spc: u32, db: u32, rel: u32) -> RelFork {
         RelFork {
             spc,
             db,

@@ -78,6 +78,8 @@ fn yezzey_lineage_members() -> TableIterator<
         name!(lsn, Option<PgLsn>),
         name!(held_objects, i64),
         name!(forgotten_by, Option<String>),
+        name!(in_recovery, bool),
+        name!(slot, Option<String>),
     ),
 > {
     let storage = settings::storage();
@@ -102,6 +104,8 @@ fn yezzey_lineage_members() -> TableIterator<
                 published.then_some(PgLsn(r.lsn)),
                 r.holds.len() as i64,
                 r.forgotten_by.map(|m| m.to_string()),
+                r.in_recovery,
+                r.slot,
             )
         })
         .collect();
@@ -124,6 +128,76 @@ fn yezzey_forget_member(member: &str) -> String {
     let storage = settings::storage();
     let tomb = lineage::forget(&storage, id);
     format!("forgot lineage member {}", tomb.member)
+}
+
+/// Rebuilds every damaged or missing map of this server from the objects
+/// its fork has in the store (object names carry the relation, fork and
+/// segment; trailers the lengths): one row per broken map, with what
+/// became of it. A relation whose map is broken fails every read with
+/// SQLSTATE XX001 until then; garbage collection refuses to run.
+#[pg_extern(sql = r#"
+CREATE FUNCTION yezzey_repair_maps()
+RETURNS TABLE (relation_file text, fork text, segments int, outcome text)
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+"#)]
+fn yezzey_repair_maps() -> TableIterator<
+    'static,
+    (
+        name!(relation_file, String),
+        name!(fork, String),
+        name!(segments, i32),
+        name!(outcome, String),
+    ),
+> {
+    errors::require_superuser("repair yezzey's maps");
+    crate::map::repair::require_identity();
+    let storage = settings::storage();
+    let rows: Vec<_> = crate::map::repair::repair_all(&storage)
+        .into_iter()
+        .map(|o| {
+            let path = pg::segment_path(o.key, 0);
+            let path = path
+                .strip_prefix(pg::data_dir())
+                .unwrap_or(&path)
+                .display()
+                .to_string();
+            use crate::map::repair::Repaired;
+            let (segments, outcome) = match o.result {
+                Ok(Repaired::Retired(m)) => (
+                    m.segments.len() as i32,
+                    "the relation is gone: its objects were retired and the damaged file removed"
+                        .to_string(),
+                ),
+                Ok(Repaired::Rebuilt(m)) => {
+                    (m.segments.len() as i32, "rebuilt from the store".to_string())
+                }
+                Ok(Repaired::Stale) => (
+                    0,
+                    "the map was stale: every object of it was retired here (loaded back or dropped); the relation is local"
+                        .to_string(),
+                ),
+                Err(e) => (0, format!("not repaired: {e}")),
+            };
+            (path, o.key.fork.name().to_string(), segments, outcome)
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+/// The shared map of offloaded segments: how much it holds and takes.
+#[pg_extern(volatile, parallel_restricted)]
+fn yezzey_map_usage() -> TableIterator<'static, (name!(stat, String), name!(value, i64))> {
+    let u = yezzey_smgr_shim::map::usage();
+    TableIterator::new(vec![
+        ("bytes".to_string(), u.bytes as i64),
+        ("limit_bytes".into(), u.limit as i64),
+        ("forks".into(), u.forks as i64),
+        ("segments".into(), u.segments as i64),
+        ("broken_forks".into(), u.broken as i64),
+        ("pending_forks".into(), u.pending as i64),
+        ("dirty_forks".into(), u.dirty as i64),
+        ("retiring_objects".into(), u.retiring as i64),
+    ])
 }
 
 /// Storage-manager calls made by this backend since it started (or since

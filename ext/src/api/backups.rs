@@ -26,7 +26,7 @@ fn yezzey_backups_list() -> TableIterator<
     ),
 > {
     let storage = settings::storage();
-    let rows: Vec<_> = backups::judged(&storage)
+    let rows: Vec<_> = backups::judged(&storage, &[crate::lineage::me().member], false)
         .into_iter()
         .map(|(r, live)| {
             let status = match &live {
@@ -59,7 +59,7 @@ fn yezzey_backups_list() -> TableIterator<
 fn yezzey_backup_expire(start_lsn: PgLsn) -> String {
     errors::require_superuser("expire backups");
     let storage = settings::storage();
-    let Some((rec, _)) = backups::judged(&storage)
+    let Some((rec, _)) = backups::judged(&storage, &[crate::lineage::me().member], false)
         .into_iter()
         .find(|(r, _)| r.start_lsn == start_lsn.0)
     else {

@@ -3,6 +3,16 @@
 //! period still needs. The decision is `yezzey_storage::state::gc`; this
 //! module gathers its inputs in the order that rule requires and carries
 //! it out.
+//!
+//! It goes by the shared map, the authority while the server runs: an
+//! object a map names there is kept whether or not its map file could be
+//! written. It first brings `pg_yezzey` in step with it where it can
+//! (objects still leaving the map when their retired records cannot be
+//! written stay referenced), and refuses to run while a map is broken:
+//! without it, what the fork references cannot be told. Like VACUUM,
+//! `yezzey_gc()` refuses transaction blocks.
+use crate::map::persist;
+use crate::map::shared::{self, SharedFork, State};
 use crate::pg;
 use crate::{backups, errors, fds, lineage, settings, utility};
 use pgrx::prelude::*;
@@ -13,8 +23,7 @@ use yezzey_storage::names::{self, ObjectName};
 use yezzey_storage::runtime::block_on;
 use yezzey_storage::state::backups::BackupRecord;
 use yezzey_storage::state::gc::{self, BackupHold, Inputs, Plan, Verdict};
-use yezzey_storage::state::lineage::{read_all, MemberState};
-use yezzey_storage::state::map::ForkMap;
+use yezzey_storage::state::lineage::{read_all, recovery_horizon, MemberState};
 use yezzey_storage::state::retired::Retired;
 use yezzey_storage::state::unix_now;
 use yezzey_storage::store::{ObjectMeta, ObjectStore};
@@ -34,6 +43,9 @@ fn yezzey_gc(
         name!(held_objects, i64),
     ),
 > {
+    if !dry_run {
+        pg::refuse_in_transaction_block(c"yezzey_gc()");
+    }
     let storage = settings::storage();
     let c = gather(&storage, dry_run);
     if !dry_run {
@@ -68,10 +80,10 @@ fn yezzey_gc(
                 held_bytes as f64 / (1024.0 * 1024.0)
             ),
             format!(
-                "{for_standby} wait for a standby (or physical replication slot) to pass the WAL position at which they were dropped; {for_backups} were dropped after a backup that still exists began (see yezzey_backups); {for_retention} were dropped less than yezzey.gc_retention ({} s) ago; {for_members} are held by other clusters of this lineage.",
+                "{for_standby} wait for a standby (connected, or publishing its replay position in the lineage) to replay the WAL position at which they were dropped; {for_backups} were dropped after a backup that still exists began (see yezzey_backups); {for_retention} were dropped less than yezzey.gc_retention ({} s) ago; {for_members} are held by other clusters of this lineage.",
                 settings::gc_retention()
             ),
-            "A later yezzey_gc() deletes them once that has passed; drop replication slots that are no longer used; see yezzey_gc_plan() for each object.",
+            "A later yezzey_gc() deletes them once that has passed; release clusters that are gone for good with yezzey_forget_member() (see yezzey_lineage); see yezzey_gc_plan() for each object.",
         );
     }
     TableIterator::once((deleted.0, deleted.1, kept, held))
@@ -159,6 +171,35 @@ fn gather(storage: &settings::Storage, dry_run: bool) -> Collection {
             "Run it on the primary; standbys read the same objects.",
         );
     }
+    // Maps of databases that no longer exist (dropped while yezzey was not
+    // loaded) are forgotten first, so their objects are retired below.
+    if !dry_run {
+        let dead: Vec<SharedFork> = shared::all()
+            .into_iter()
+            .filter(|f| f.state != State::Pending && !pg::database_exists(f.map.key.db))
+            .collect();
+        if !dead.is_empty() {
+            forget_dead(&dead);
+        }
+    }
+    // Retired records let held objects go once nothing needs them, and
+    // forks that left the map lose their files; what cannot be written now
+    // stays referenced (GC goes by the shared map).
+    if let Err(e) = persist::checkpoint(false) {
+        pgrx::warning!(
+            "yezzey_gc: could not write yezzey's map files and retired records ({e}); objects leaving the map are kept until they can be written"
+        );
+    }
+    if let Some(f) = shared::all().iter().find(|f| f.state == State::Broken) {
+        errors::error(
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            format!(
+                "yezzey_gc cannot run: the map of offloaded relation file {} is damaged or missing",
+                pg::segment_path(f.map.key, 0).display()
+            ),
+            "Without it, the objects it references cannot be told; rebuild it with SELECT * FROM yezzey_repair_maps().",
+        );
+    }
     let me = lineage::me().member;
     let (sys, content) = (pg::system_id(), settings::content_id());
     let records = block_on(read_all(&storage.store, sys, content))
@@ -170,8 +211,16 @@ fn gather(storage: &settings::Storage, dry_run: bool) -> Collection {
         .map(|r| r.member);
     let listed = list_writers(storage, std::iter::once(me).chain(forgotten));
     let local = fds::transient(fds::STATE_OP, || LocalState::read(dry_run));
+    // Backups of this cluster, and of its standbys (they replay its WAL).
+    let mut takers = vec![me];
+    takers.extend(
+        records
+            .iter()
+            .filter(|r| r.in_recovery && r.state == MemberState::Live && r.member != me)
+            .map(|r| r.member),
+    );
     let (mut holds, mut expired_backups) = (Vec::new(), Vec::new());
-    for (rec, live) in backups::judged(storage) {
+    for (rec, live) in backups::judged(storage, &takers, !dry_run) {
         if live.holds() {
             holds.push(BackupHold {
                 label: rec.label.clone(),
@@ -187,7 +236,19 @@ fn gather(storage: &settings::Storage, dry_run: bool) -> Collection {
         referenced: &local.referenced,
         uploading: &local.uploading,
         retired: &local.retired,
-        standby_horizon: pg::standby_horizon(),
+        standby_horizon: [
+            pg::standby_horizon(),
+            recovery_horizon(
+                &records,
+                me,
+                &pg::physical_slots(),
+                unix_now(),
+                settings::gc_retention(),
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .min(),
         now: unix_now(),
         retention: settings::gc_retention(),
         records: &records,
@@ -217,43 +278,47 @@ fn list_writers(
     listed
 }
 
-/// This server's side of a collection: uploads in progress, then maps,
-/// then retired records (that order: see `state::gc`).
+/// This server's side of a collection: the shared map (uploads in
+/// progress, maps, objects leaving them), then the map files, then
+/// retired records (that order: see `state::gc`).
 struct LocalState {
     uploading: HashSet<String>,
-    stale_intents: Vec<PathBuf>,
     referenced: HashSet<String>,
     retired: Vec<Retired>,
     retired_files: HashMap<String, PathBuf>,
+    stale_intents: Vec<PathBuf>,
 }
 
 impl LocalState {
     fn read(dry_run: bool) -> LocalState {
         let state = pg::state();
-        let (mut uploading, mut stale_intents) = (HashSet::new(), Vec::new());
-        for (path, i) in state.intents() {
-            if i.boot == pg::postmaster_start() && pg::process_exists(i.pid) {
-                uploading.insert(i.name);
-            } else {
-                stale_intents.push(path);
+        let (mut uploading, mut referenced, mut dead) =
+            (HashSet::new(), HashSet::new(), Vec::new());
+        for f in shared::all() {
+            match f.state {
+                State::Pending => uploading.extend(f.map.object_names()),
+                // Maps of databases that no longer exist (forgotten before
+                // a collection; a dry run counts their objects as retired).
+                _ if dry_run && !pg::database_exists(f.map.key.db) => dead.push(f),
+                _ => referenced.extend(f.map.object_names()),
             }
         }
-        // Maps of databases that no longer exist are forgotten (a dry run
-        // counts their objects as retired now).
-        let (mut referenced, mut dead) = (HashSet::new(), Vec::new());
-        for m in state.read_maps() {
+        referenced.extend(shared::retiring().into_iter().map(|(_, r)| r.name));
+        let dead_dbs: HashSet<u32> = dead.iter().map(|f| f.map.key.db).collect();
+        for (key, m) in state.read_maps() {
             match m {
-                Ok(m) if !pg::database_exists(m.key.db) => dead.push(m),
+                // A dead database's maps in a dry run: counted as retired below.
+                Ok(m) if dead_dbs.contains(&m.key.db) => {}
                 Ok(m) => referenced.extend(m.object_names()),
                 Err(e) => errors::error(
                     PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
-                    format!("yezzey: refusing to collect garbage with an unreadable map file: {e}"),
-                    "Restore the file from a backup, or remove it if its relation no longer exists.",
+                    format!(
+                        "yezzey_gc cannot run: the map file of relation file {} is {e}",
+                        pg::segment_path(key, 0).display()
+                    ),
+                    "Without it, the objects it references cannot be told; rebuild it with SELECT * FROM yezzey_repair_maps().",
                 ),
             }
-        }
-        if !dry_run && !dead.is_empty() {
-            forget_dead(&dead);
         }
         let (mut retired, mut retired_files) = (Vec::new(), HashMap::new());
         for (path, r) in state.retired() {
@@ -262,23 +327,28 @@ impl LocalState {
         }
         if dry_run {
             let (lsn, at) = (pg::current_lsn(), unix_now());
-            for m in &dead {
+            for f in &dead {
+                let m = &f.map;
                 retired.extend(Retired::of(m, &m.segments, lsn, at).map(|(_, r)| r));
             }
         }
+        // Upload intents of builds before the shared map: none can be live.
+        let stale_intents = std::fs::read_dir(state.legacy_intents_dir())
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
         LocalState {
             uploading,
-            stale_intents,
             referenced,
             retired,
             retired_files,
+            stale_intents,
         }
     }
 }
 
-fn forget_dead(dead: &[ForkMap]) {
+fn forget_dead(dead: &[SharedFork]) {
     utility::forget_maps(dead);
-    let mut dbs: Vec<u32> = dead.iter().map(|m| m.key.db).collect();
+    let mut dbs: Vec<u32> = dead.iter().map(|f| f.map.key.db).collect();
     dbs.sort_unstable();
     dbs.dedup();
     notice!(

@@ -4,13 +4,15 @@
 //! Every block of the remote ranges is rewritten through the buffer
 //! manager as a WAL-logged full page (so standbys and crash recovery get
 //! the data too, not only this server's files), then flushed and fsynced;
-//! then FORGET is WAL-logged and the map dropped. A crash or an error in
-//! between leaves a relation whose local blocks win, and loading again
-//! finishes the job. Before writing anything it checks that the data and
-//! their WAL fit on their file systems with `yezzey.min_free_space` to
-//! spare.
+//! then FORGET is WAL-logged and the fork leaves the map (`wal.rs`), its
+//! objects retired. A crash or an error in between leaves a relation whose
+//! local blocks win, and loading again finishes the job. Before writing
+//! anything it checks that the data and their WAL fit on their file
+//! systems with `yezzey.min_free_space` to spare. Like offload, it is not
+//! transactional and refuses transaction blocks.
 use super::relations::{self, mb, Target};
-use crate::{apply, errors, fault, pg, settings, wal};
+use crate::map::shared::{self, State};
+use crate::{errors, fault, pg, settings, wal};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::collections::BTreeMap;
@@ -30,13 +32,24 @@ fn yezzey_load_relation(
     rel: pg_sys::Oid,
 ) -> TableIterator<'static, (name!(relation, String), name!(blocks_loaded, i64))> {
     errors::require_superuser("load back relations");
+    pg::refuse_in_transaction_block(c"yezzey_load_relation()");
     let targets = relations::expand(rel.to_u32(), true);
     relations::lock_all(&targets);
-    let state = pg::state();
-    let work: Vec<(Target, ForkMap)> = targets
-        .iter()
-        .filter_map(|t| Some((t.clone(), state.read_map(t.key)?)))
-        .collect();
+    let mut work: Vec<(Target, ForkMap)> = Vec::new();
+    for t in &targets {
+        match shared::get(t.key) {
+            Some(f) if f.state == State::Broken => errors::error(
+                PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                format!(
+                    "cannot load back \"{}\": yezzey's map of it is damaged or missing",
+                    t.name
+                ),
+                "Rebuild it first with SELECT * FROM yezzey_repair_maps().",
+            ),
+            Some(f) if f.state == State::Live => work.push((t.clone(), f.map)),
+            _ => {}
+        }
+    }
     if work.is_empty() {
         notice!(
             "yezzey: relation {} is not offloaded; nothing to do",
@@ -116,10 +129,6 @@ fn load_one(t: &Target, m: &ForkMap) -> i64 {
     }
     relations::flush(t);
     fault::point("after_fill");
-    wal::log_forget(m);
-    fault::point("after_forget");
-    if let Err(e) = apply::forget(m.key, Some(m.lsn)) {
-        errors::io(e, &format!("could not remove the map of \"{}\"", t.name));
-    }
+    wal::forget(m.key, Some(m.lsn));
     loaded
 }

@@ -1,35 +1,56 @@
 //! `yezzey_offload_relation`: upload a relation's files and free their
 //! local space; queries keep working unchanged.
 //!
+//! Like VACUUM, it is not transactional: it refuses to run inside a
+//! transaction block (each relation it offloads stays offloaded whatever
+//! happens to the statement after), in a read-only transaction and during
+//! recovery.
+//!
 //! Per relation, holding ExclusiveLock (plain readers continue; writers,
 //! `SELECT ... FOR UPDATE`, which writes row locks into pages, and VACUUM
 //! wait):
 //!   1. note the WAL insert position (the *clean LSN*), flush the relation's
 //!      dirty buffers and fsync its files;
-//!   2. per segment file of the main fork: record an upload intent, upload
-//!      the file as one object named with this cluster's lineage member;
-//!   3. WAL-log the new map (OFFLOAD) and flush it;
-//!   4. publish the map (shared memory, then `pg_yezzey/map/*.json`);
-//!   5. truncate the local segment files (md takes them to be as long as
-//!      their remote range, and reads past their end as holes) and mark the
-//!      map file evicted; drop the intents.
+//!   2. put the fork's map in the shared map as *pending*, naming the
+//!      objects about to be uploaded: refused here, with nothing uploaded,
+//!      if it would take the map past `yezzey.max_map_memory`; garbage
+//!      collection keeps a pending map's objects, and readers ignore it;
+//!   3. upload each segment file as one object named with this cluster's
+//!      lineage member;
+//!   4. WAL-log the map (OFFLOAD) and make it live, as one step (`wal.rs`:
+//!      the point of no return);
+//!   5. free the local copies (truncate the segment files: md takes them
+//!      to be as long as their remote range and reads past their end as
+//!      holes), then write the map file.
 //!
-//! A crash before 3 leaves the relation local and objects that GC removes
-//! (their intents are from a dead server); after 3, redo or startup finishes
-//! 4 and 5, and the relation is offloaded: pages whose LSN is at most the
-//! clean LSN, which is every page redo rebuilds from WAL written before the
-//! offload, are the object's pages and are never written back locally (the
-//! storage manager drops such writes). Readers never see a hole that is not
-//! in the map: the map is published before any hole exists, and the read
-//! path consults the map after reading the local file.
+//! **If a step fails.** Before 4 the offload aborts: the uploaded objects
+//! are deleted and the pending map dropped (also when the backend exits
+//! with a FATAL; after a crash shared memory is gone, and GC collects the
+//! objects). After 4 nothing raises an ERROR: the offload is in effect on
+//! this server (the shared map), on standbys (the record) and after a
+//! crash (replay from the last checkpoint, which cannot complete until the
+//! map file is written); a map file that cannot be written now is written
+//! by the next checkpoint, local copies that cannot be freed now are freed
+//! at the next start; a WARNING says which.
+//!
+//! **Crashes.** Before 4 the relation stays local and its objects are
+//! garbage. After 4, redo or startup finishes 5, and the relation is
+//! offloaded: pages whose LSN is at most the clean LSN, which is every page
+//! redo rebuilds from WAL written before the offload, are the object's
+//! pages and are never written back locally (the storage manager drops
+//! such writes). Readers never see a hole that is not in the map: the map
+//! is live before any hole exists, and the read path consults the map
+//! after reading the local file.
+
 use super::relations::{self, mb, Target};
-use crate::{apply, errors, fault, fds, lineage, pg, settings, wal};
+use crate::map::shared::{self, State};
+use crate::{errors, fault, fds, lineage, pg, settings, wal};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::fs::File;
 use std::time::Instant;
-use yezzey_storage::key::{ObjectId, RelFork, BLOCK_SIZE};
-use yezzey_storage::names::{ObjectName, SegmentId};
+use yezzey_storage::key::{Lsn, ObjectId, BLOCK_SIZE};
+use yezzey_storage::names::ObjectName;
 use yezzey_storage::runtime::block_on;
 use yezzey_storage::state::map::{ForkMap, SegmentMeta};
 use yezzey_storage::state::unix_now;
@@ -56,14 +77,28 @@ fn yezzey_offload_relation(
     ),
 > {
     errors::require_superuser("offload relations");
+    pg::refuse_in_transaction_block(c"yezzey_offload_relation()");
     require_hint_bits_logged();
     let storage = settings::storage();
-    lineage::ensure_registered(&storage);
+    lineage::ensure_registered(&storage, crate::map::holds::holds);
     let targets = relations::expand(rel.to_u32(), with_indexes);
     relations::lock_all(&targets);
+    for t in &targets {
+        refuse_unlogged_changes(t);
+    }
     let mut rows = Vec::new();
     for (i, t) in targets.iter().enumerate() {
-        if yezzey_smgr_shim::map::has_remote(t.key.spc, t.key.db, t.key.rel) {
+        if let Some(f) = shared::get(t.key) {
+            if f.state == State::Broken {
+                errors::error(
+                    PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                    format!(
+                        "cannot offload \"{}\": yezzey's map of it is damaged or missing",
+                        t.name
+                    ),
+                    "Rebuild it first with SELECT * FROM yezzey_repair_maps().",
+                );
+            }
             if i == 0 && t.oid == rel.to_u32() {
                 errors::error(
                     PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -85,13 +120,38 @@ fn yezzey_offload_relation(
 }
 
 /// Without logged hint bits a page can change without its LSN moving, and
-/// a torn write over a hole would leave half a page of zeros.
+/// a torn write over a hole would leave half a page of zeros. Without
+/// full-page writes, replay after a crash would apply changes to a page
+/// from whatever copy it finds, not from its image in WAL.
 fn require_hint_bits_logged() {
     if !pg::hint_bits_logged() {
         errors::error(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "yezzey needs data checksums or wal_log_hints to offload relations".into(),
             "Set wal_log_hints = on and restart the server (or initialise clusters with --data-checksums).",
+        );
+    }
+    if !pg::full_page_writes() {
+        errors::error(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "yezzey needs full_page_writes to offload relations".into(),
+            "Set full_page_writes = on (PostgreSQL's default) and reload.",
+        );
+    }
+}
+
+/// With `wal_level = minimal`, a relation created or rewritten in this
+/// transaction skips WAL: its pages keep LSN 0, and writes after the
+/// offload would look like pages the object already holds.
+fn refuse_unlogged_changes(t: &Target) {
+    if pg::relation::skips_wal(t.oid) {
+        errors::error(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "cannot offload \"{}\": it was created or rewritten in this transaction, whose changes to it skip WAL (wal_level = minimal)",
+                t.name
+            ),
+            "Commit the transaction that created it first, or set wal_level to replica.",
         );
     }
 }
@@ -105,38 +165,42 @@ fn offload_one(storage: &settings::Storage, t: &Target) -> Option<ForkMap> {
     if segs.is_empty() {
         return None;
     }
-    let mut uploads = Uploads {
-        storage,
-        names: Vec::new(),
-    };
-    let metas: Vec<SegmentMeta> = segs
-        .iter()
-        .enumerate()
-        .map(|(i, &(segno, blocks))| uploads.segment(t, segno, blocks, (i + 1, segs.len())))
-        .collect();
-    fault::point("after_upload");
-    let m = ForkMap {
+    let mut m = ForkMap {
         system_id: pg::system_id(),
         content: settings::content_id(),
         key: t.key,
         writer: Some(lineage::me().member),
         offloaded_at: unix_now(),
-        // The insert position labels the offload (redo compares maps by it).
-        lsn: pg::insert_lsn(),
+        lsn: Lsn(0),
         clean_lsn,
         evicted: false,
-        segments: metas,
+        page_checksums: pg::data_checksums(),
+        segments: segs
+            .iter()
+            .map(|&(segno, blocks)| SegmentMeta {
+                segno,
+                blocks,
+                object_id: ObjectId::random(),
+                raw_len: 0,
+                stored_len: 0,
+                written: false,
+            })
+            .collect(),
     };
-    wal::log_offload(&m);
-    fault::point("after_wal");
-    if let Err(e) = apply::offload(&m) {
-        // The WAL record stands: redo or the next start finishes the eviction.
-        warning!(
-            "yezzey: \"{}\" is offloaded but its local space was not freed yet: {e}",
-            t.name
-        );
+    let mut uploads = Uploads::reserve(storage, t, &m);
+    let n = m.segments.len();
+    for i in 0..n {
+        fault::point("before_upload");
+        let (raw, stored) = uploads.segment(&m, i, (i + 1, n));
+        m.segments[i].raw_len = raw;
+        m.segments[i].stored_len = stored;
     }
-    uploads.done();
+    fault::point("after_upload");
+    // The insert position labels the offload (redo compares maps by it).
+    m.lsn = pg::insert_lsn();
+    m.offloaded_at = unix_now();
+    uploads.update(&m);
+    wal::offload(&m);
     Some(m)
 }
 
@@ -151,91 +215,94 @@ fn advise_freeze(t: &Target, nblocks: u32) {
     }
 }
 
-/// The objects one relation's offload uploads: on an error, deleted with
-/// their intents before the error is raised; once the offload is
-/// WAL-logged, their intents are dropped ([`Uploads::done`]).
+/// One relation's offload before its record: its pending map in the
+/// shared map, and the objects uploaded so far. Dropped before the record
+/// (an ERROR, a cancel), it deletes them and the pending map; once the
+/// record made the map live, dropping it does nothing.
 struct Uploads<'a> {
     storage: &'a settings::Storage,
-    names: Vec<ObjectName>,
+    t: &'a Target,
+    uploaded: Vec<ObjectName>,
 }
 
-impl Uploads<'_> {
-    fn name(&self, key: RelFork, segno: u32) -> ObjectName {
-        ObjectName {
-            segment: SegmentId {
-                system_id: pg::system_id(),
-                content: settings::content_id(),
-                rel: key,
-                segfile: segno,
-            },
-            writer: Some(lineage::me().member),
-            object_id: ObjectId::random(),
+impl<'a> Uploads<'a> {
+    /// Puts the pending map: refused (nothing uploaded yet) when the map
+    /// would grow past yezzey.max_map_memory.
+    fn reserve(storage: &'a settings::Storage, t: &'a Target, m: &ForkMap) -> Uploads<'a> {
+        if !shared::put(m, State::Pending, false, true) {
+            let u = yezzey_smgr_shim::map::usage();
+            errors::error_detail(
+                PgSqlErrorCode::ERRCODE_OUT_OF_MEMORY,
+                format!(
+                    "cannot offload \"{}\": the map of offloaded segments would grow past yezzey.max_map_memory ({:.0} MB)",
+                    t.name,
+                    mb(u.limit)
+                ),
+                format!(
+                    "The map holds {} segments of {} forks in {:.1} MB of shared memory. Nothing was uploaded.",
+                    u.segments,
+                    u.forks,
+                    mb(u.bytes)
+                ),
+                "Raise yezzey.max_map_memory (a reload is enough), or load relations back to make room.",
+            );
+        }
+        Uploads {
+            storage,
+            t,
+            uploaded: Vec::new(),
         }
     }
 
-    /// Uploads one segment file as one object.
-    fn segment(
-        &mut self,
-        t: &Target,
-        segno: u32,
-        blocks: u32,
-        (i, n): (usize, usize),
-    ) -> SegmentMeta {
-        let name = self.name(t.key, segno);
-        let intent = fds::transient(fds::STATE_OP, || {
-            pg::state().add_intent(&name, std::process::id() as i32, pg::postmaster_start())
-        });
-        if let Err(e) = intent {
-            self.abandon();
-            errors::io(
-                e,
-                &format!("cannot offload \"{}\": recording the upload", t.name),
+    /// The pending map again, with what the uploads measured.
+    fn update(&self, m: &ForkMap) {
+        if !shared::put(m, State::Pending, false, false) {
+            errors::error(
+                PgSqlErrorCode::ERRCODE_OUT_OF_MEMORY,
+                format!("cannot offload \"{}\": out of shared memory", self.t.name),
+                "The map of offloaded segments grows in dynamic shared memory; check the operating system's shared memory limits.",
             );
         }
-        self.names.push(name);
-        fault::point("before_upload");
+    }
+
+    /// Uploads segment `i` of `m` as one object; its raw and stored sizes.
+    fn segment(&mut self, m: &ForkMap, i: usize, (k, n): (usize, usize)) -> (u64, u64) {
+        let (t, s) = (self.t, &m.segments[i]);
+        let name = m.object_name(s);
+        self.uploaded.push(name);
         let started = Instant::now();
-        let up = match self.upload_file(&pg::segment_path(t.key, segno), blocks, &name) {
+        let up = match self.upload_file(&pg::segment_path(t.key, s.segno), s.blocks, &name) {
             Ok(up) => up,
             Err(e) => {
-                self.abandon();
                 let to = &self.storage.describe;
                 errors::report(
                     e,
                     &format!(
-                        "could not offload segment {segno} of \"{}\" to {to}",
-                        t.name
+                        "could not offload segment {} of \"{}\" to {to}",
+                        s.segno, t.name
                     ),
                 );
             }
         };
-        if up.trailer.raw_len != blocks as u64 * BLOCK_SIZE as u64 {
-            self.abandon();
+        if up.trailer.raw_len != s.blocks as u64 * BLOCK_SIZE as u64 {
             errors::error(
                 PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
                 format!(
-                    "segment {segno} of \"{}\" changed length during upload",
-                    t.name
+                    "segment {} of \"{}\" changed length during upload",
+                    s.segno, t.name
                 ),
                 "Something wrote the file behind the server's back; try again.",
             );
         }
         let secs = started.elapsed().as_secs_f64().max(1e-6);
         notice!(
-            "yezzey: offloaded \"{}\" segment {i}/{n}: {:.1} MB -> {:.1} MB ({:.0} MB/s)",
+            "yezzey: offloaded \"{}\" segment {k}/{n}: {:.1} MB -> {:.1} MB ({:.0} MB/s)",
             t.name,
             mb(up.trailer.raw_len),
             mb(up.stored_len),
             mb(up.trailer.raw_len) / secs
         );
-        SegmentMeta {
-            segno,
-            blocks,
-            object_id: name.object_id,
-            raw_len: up.trailer.raw_len,
-            stored_len: up.stored_len,
-            written: false,
-        }
+        (up.trailer.raw_len, up.stored_len)
     }
 
     /// The first `blocks` blocks of a segment file, as object `name`.
@@ -260,21 +327,19 @@ impl Uploads<'_> {
             ))
         })
     }
+}
 
-    /// Deletes what was uploaded (before the offload was logged).
-    fn abandon(&mut self) {
-        let state = pg::state();
-        for n in self.names.drain(..) {
+impl Drop for Uploads<'_> {
+    fn drop(&mut self) {
+        let k = self.t.key;
+        let still_pending = shared::get(k).is_some_and(|f| f.state == State::Pending);
+        if !still_pending {
+            return; // logged: the objects are the map's
+        }
+        // The objects first: a pending map gone means its objects are gone.
+        for n in self.uploaded.drain(..) {
             let _ = block_on(self.storage.store.delete(&n.relative()));
-            let _ = fds::transient(fds::STATE_OP, || state.drop_intent(n.object_id));
         }
-    }
-
-    /// The offload is logged: the objects are the map's now.
-    fn done(self) {
-        let state = pg::state();
-        for n in &self.names {
-            let _ = fds::transient(fds::STATE_OP, || state.drop_intent(n.object_id));
-        }
+        yezzey_smgr_shim::map::drop_pending(k.spc, k.db, k.rel, k.fork.as_i32());
     }
 }

@@ -1,14 +1,17 @@
 //! What is offloaded and what it costs: per relation, per database, per
 //! segment object.
+use crate::map::evict;
+use crate::map::shared::{self, State};
 use crate::pg::{self, PgLsn};
-use crate::{apply, errors, fds};
+use crate::{errors, fds};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
-/// The offload state of one relation: `local`, `offloaded`, or `partially
+/// The offload state of one relation: `local`, `offloaded`, `partially
 /// offloaded` (blocks were written since the offload and are local again),
-/// with local and remote sizes.
+/// or `map damaged` (its map file was damaged or lost: reads fail until
+/// `yezzey_repair_maps()` rebuilds it), with local and remote sizes.
 #[pg_extern(sql = r#"
 CREATE FUNCTION yezzey_relation_status(rel regclass)
 RETURNS TABLE (state text, segments int, logical_bytes bigint, local_bytes bigint, remote_bytes bigint,
@@ -39,11 +42,25 @@ fn yezzey_relation_status(
             "Views and partitioned tables have no files; ask about a table, an index or a partition.",
         );
     };
-    let logical = pg::relation::logical_bytes(rel.to_u32()) as i64;
-    let (local, m) = fds::transient(fds::STATE_OP, || {
-        (apply::local_bytes(key) as i64, pg::state().read_map(key))
-    });
-    let row = match m {
+    let fork = shared::get(key).filter(|f| f.state != State::Pending);
+    let local = fds::transient(1, || evict::local_bytes(key) as i64);
+    // The storage manager refuses to size a fork whose map is broken.
+    let logical = match &fork {
+        Some(f) if f.state == State::Broken => local,
+        _ => pg::relation::logical_bytes(rel.to_u32()) as i64,
+    };
+    let row = match fork {
+        Some(f) if f.state == State::Broken => (
+            "map damaged".to_string(),
+            0,
+            logical,
+            local,
+            0,
+            0,
+            None,
+            None,
+            None,
+        ),
         None => (
             "local".to_string(),
             0,
@@ -55,7 +72,8 @@ fn yezzey_relation_status(
             None,
             None,
         ),
-        Some(m) => {
+        Some(f) => {
+            let m = f.map;
             let state = if m.segments.iter().any(|s| s.written) {
                 "partially offloaded"
             } else {
@@ -93,11 +111,11 @@ fn yezzey_offloaded() -> TableIterator<
     ),
 > {
     let db = pg::my_database();
-    let maps = fds::transient(fds::STATE_OP, || pg::state().maps_of_database(db));
-    let rows: Vec<_> = maps
+    let rows: Vec<_> = shared::of_database(db)
         .into_iter()
-        .filter(|m| m.key.fork == yezzey_storage::key::Fork::MAIN)
-        .map(|m| {
+        .filter(|f| f.state == State::Live && f.map.key.fork == yezzey_storage::key::Fork::MAIN)
+        .map(|f| {
+            let m = f.map;
             (
                 pg_sys::Oid::from(m.key.rel),
                 pg_sys::Oid::from(m.key.spc),
@@ -133,16 +151,12 @@ fn yezzey_segments() -> TableIterator<
         name!(offload_lsn, PgLsn),
     ),
 > {
-    let maps = fds::transient(fds::STATE_OP, || pg::state().read_maps());
     let mut rows = Vec::new();
-    for m in maps {
-        let m = m.unwrap_or_else(|e| {
-            errors::error(
-                PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
-                format!("unreadable map file {e}"),
-                "Restore the file from a backup, or remove it if its relation no longer exists.",
-            )
-        });
+    for f in shared::all() {
+        if f.state != State::Live {
+            continue;
+        }
+        let m = f.map;
         for s in &m.segments {
             rows.push((
                 pg_sys::Oid::from(m.key.db),

@@ -96,16 +96,37 @@ pub fn database_exists(db: u32) -> bool {
     }
 }
 
-/// The oldest WAL position a standby may still need: physical slots'
-/// restart_lsn and connected standbys' replay_lsn (0 when one has not
-/// reported yet). None when there are no standbys to wait for.
+/// The oldest position a connected standby reports having replayed
+/// (`pg_stat_replication.replay_lsn`; a delayed standby reports its real,
+/// delayed position). A standby that has not sent its first reply yet
+/// counts as having replayed nothing. Replication slots are not used:
+/// their restart_lsn is what a receiver has flushed, not replayed; and a
+/// receiver that replies without a replay position (pg_receivewal,
+/// Barman's streaming) never replays, so it holds nothing. None when no
+/// connected standby holds anything.
 pub fn standby_horizon() -> Option<Lsn> {
     select_i64(
-        "SELECT (min(lsn) - '0/0'::pg_lsn)::bigint FROM (
-             SELECT restart_lsn AS lsn FROM pg_replication_slots
-              WHERE slot_type = 'physical' AND restart_lsn IS NOT NULL
-             UNION ALL
-             SELECT coalesce(replay_lsn, '0/0') FROM pg_stat_replication) s",
+        "SELECT (min(coalesce(replay_lsn, '0/0')) - '0/0'::pg_lsn)::bigint FROM pg_stat_replication
+          WHERE replay_lsn IS NOT NULL OR reply_time IS NULL",
     )
     .map(|l| Lsn(l as u64))
+}
+
+/// This server's physical replication slots (standbys that stream from
+/// it name theirs in their lineage records).
+pub fn physical_slots() -> std::collections::HashSet<String> {
+    Spi::connect(|c| {
+        let mut out = std::collections::HashSet::new();
+        for r in c.select(
+            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical'",
+            None,
+            &[],
+        )? {
+            if let Some(s) = r.get::<String>(1)? {
+                out.insert(s);
+            }
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .unwrap_or_else(|e| spi_error(e))
 }

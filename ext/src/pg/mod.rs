@@ -18,7 +18,7 @@ pub mod guc;
 pub mod relation;
 pub mod xlog;
 
-pub use catalog::{database_exists, oids, relation, standby_horizon};
+pub use catalog::{database_exists, oids, physical_slots, relation, standby_horizon};
 
 /// The data directory (PostgreSQL sets it before any extension code runs).
 pub fn data_dir() -> PathBuf {
@@ -43,11 +43,11 @@ pub fn system_id() -> u64 {
     unsafe { pg_sys::GetSystemIdentifier() }
 }
 
-/// The start time of this server's postmaster (Unix seconds... as
-/// PostgreSQL's timestamp: only compared for equality).
-pub fn postmaster_start() -> i64 {
-    // SAFETY: a plain global set at postmaster start.
-    unsafe { pg_sys::PgStartTime }
+/// This creation of the server's shared memory: a new value at every
+/// postmaster start and at every restart after a backend crash (which
+/// keeps the postmaster's start time). Only compared for equality.
+pub fn boot_id() -> i64 {
+    yezzey_smgr_shim::map::boot_id() as i64
 }
 
 pub fn my_database() -> u32 {
@@ -93,6 +93,44 @@ pub fn hint_bits_logged() -> bool {
     unsafe { pg_sys::DataChecksumsEnabled() || pg_sys::wal_log_hints }
 }
 
+/// The replication slot this standby streams from (`primary_slot_name`).
+pub fn primary_slot_name() -> Option<String> {
+    // SAFETY: reads a GUC's current value (a string PostgreSQL owns).
+    let p = unsafe { pg_sys::GetConfigOption(c"primary_slot_name".as_ptr(), true, false) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: a NUL-terminated string from GetConfigOption.
+    let s = unsafe { std::ffi::CStr::from_ptr(p) }
+        .to_string_lossy()
+        .into_owned();
+    (!s.is_empty()).then_some(s)
+}
+
+/// Whether full_page_writes is on.
+pub fn full_page_writes() -> bool {
+    // SAFETY: a plain GUC variable.
+    unsafe { pg_sys::fullPageWrites }
+}
+
+/// Whether data checksums are on (pages written now carry them).
+pub fn data_checksums() -> bool {
+    // SAFETY: reads pg_control's copy in shared memory.
+    unsafe { pg_sys::DataChecksumsEnabled() }
+}
+
+/// Refuses, as VACUUM does, to run inside a transaction block (or a
+/// pipeline, or a function's subtransaction), in a read-only transaction,
+/// or during recovery: `what` names the command in the error.
+pub fn refuse_in_transaction_block(what: &'static std::ffi::CStr) {
+    // SAFETY: PostgreSQL's own checks, which ERROR if they fail.
+    unsafe {
+        pg_sys::PreventCommandDuringRecovery(what.as_ptr());
+        pg_sys::PreventCommandIfReadOnly(what.as_ptr());
+        pg_sys::PreventInTransactionBlock(true, what.as_ptr());
+    }
+}
+
 /// True while `shared_preload_libraries` are being loaded (in the postmaster).
 pub fn preloading() -> bool {
     // SAFETY: a plain global, read on the main thread.
@@ -109,12 +147,6 @@ pub fn is_superuser() -> bool {
 pub fn reload_config() {
     // SAFETY: called from a worker's main loop, outside any transaction.
     unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-}
-
-/// Whether a process with this id exists.
-pub fn process_exists(pid: i32) -> bool {
-    rustix::process::Pid::from_raw(pid)
-        .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
 }
 
 /// The postmaster's process id.

@@ -10,6 +10,36 @@ pub fn lock_exclusive(oid: u32) {
     unsafe { pg_sys::LockRelationOid(oid.into(), pg_sys::ExclusiveLock as i32) };
 }
 
+/// Whether the relation's changes skip WAL: created (or given a new
+/// relfilenode) in this transaction with `wal_level = minimal`
+/// (PostgreSQL's `RelationNeedsWAL` false for a permanent relation).
+pub fn skips_wal(oid: u32) -> bool {
+    // SAFETY: the relation is locked by the caller; reads relcache fields.
+    unsafe {
+        let rel = pg_sys::relation_open(oid.into(), pg_sys::NoLock as i32);
+        // InvalidSubTransactionId is 0.
+        let new_here = (*rel).rd_createSubid != 0 || (*rel).rd_firstRelfilelocatorSubid != 0;
+        pg_sys::relation_close(rel, pg_sys::NoLock as i32);
+        new_here && pg_sys::wal_level < pg_sys::WalLevel::WAL_LEVEL_REPLICA as i32
+    }
+}
+
+/// Writes out every dirty buffer of a relation file (all forks), by its
+/// locator: usable in redo, where there is no relcache.
+pub fn flush_all_buffers(key: yezzey_storage::key::RelFork) {
+    // SAFETY: smgropen of a permanent relation's locator and PostgreSQL's
+    // own flush of its buffers, from a process that may do buffer I/O.
+    unsafe {
+        let locator = pg_sys::RelFileLocator {
+            spcOid: key.spc.into(),
+            dbOid: key.db.into(),
+            relNumber: key.rel.into(),
+        };
+        let mut smgr = pg_sys::smgropen(locator, pg_sys::INVALID_PROC_NUMBER);
+        pg_sys::FlushRelationsAllBuffers(&mut smgr, 1);
+    }
+}
+
 /// Writes out the relation's dirty buffers and fsyncs its main fork;
 /// returns the fork's length in blocks. Caller holds a lock on it.
 pub fn flush(oid: u32) -> u32 {

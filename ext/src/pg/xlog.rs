@@ -27,23 +27,70 @@ pub fn register(id: u8, name: &'static std::ffi::CStr, redo: Redo, desc: Desc, i
     unsafe { pg_sys::RegisterCustomRmgr(id, rmgr) };
 }
 
-/// Inserts a record of resource manager `id` and flushes WAL up to it.
-pub fn insert_flushed(id: u8, info: u8, payload: &[u8]) -> Lsn {
-    // SAFETY: the standard XLogInsert protocol, from a backend's main thread.
-    unsafe {
+/// Inserts a record of resource manager `id` and flushes WAL up to it,
+/// then applies its change with `apply` (given the record's position),
+/// before any checkpoint can complete past the record. Flushed first, so
+/// nothing that reads the applied change (a map file written from it)
+/// can outlive a crash that loses the record.
+///
+/// `critical`: the record and `apply` run in a critical section, so an
+/// error in `apply` is a PANIC and crash recovery redoes the record (for
+/// changes that must follow their record: `apply` must then allocate
+/// nothing). Otherwise an error in `apply` leaves the record written and
+/// the change not made (for changes whose absence is safe).
+pub fn log_and_apply(
+    id: u8,
+    info: u8,
+    payload: &[u8],
+    critical: bool,
+    apply: impl FnOnce(Lsn),
+) -> Lsn {
+    let _delay = DelayCheckpoint::start();
+    // SAFETY: the standard XLogInsert protocol, from a backend's main
+    // thread; the critical section is left on every path but a PANIC.
+    let lsn = unsafe {
+        if critical {
+            pg_sys::CritSectionCount += 1;
+        }
         pg_sys::XLogBeginInsert();
         pg_sys::XLogRegisterData(payload.as_ptr() as *mut _, payload.len() as u32);
-        let lsn = pg_sys::XLogInsert(id, info);
-        pg_sys::XLogFlush(lsn);
-        Lsn(lsn)
+        let lsn = Lsn(pg_sys::XLogInsert(id, info));
+        pg_sys::XLogFlush(lsn.0);
+        apply(lsn);
+        if critical {
+            pg_sys::CritSectionCount -= 1;
+        }
+        lsn
+    };
+    drop(_delay);
+    lsn
+}
+
+/// Holds checkpoints off from choosing a redo point past a record whose
+/// change is not applied yet (`DELAY_CHKPT_START`, as PostgreSQL's own
+/// "log, then apply" paths do); lets go when dropped, on errors too.
+struct DelayCheckpoint;
+
+impl DelayCheckpoint {
+    fn start() -> DelayCheckpoint {
+        // SAFETY: this backend's own PGPROC, which only it changes.
+        unsafe { (*pg_sys::MyProc).delayChkptFlags |= pg_sys::DELAY_CHKPT_START as i32 };
+        DelayCheckpoint
     }
 }
 
-/// A record's type bits and main data.
+impl Drop for DelayCheckpoint {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { (*pg_sys::MyProc).delayChkptFlags &= !(pg_sys::DELAY_CHKPT_START as i32) };
+    }
+}
+
+/// A record's type bits, main data and position.
 ///
 /// # Safety
 /// `record` is the reader state PostgreSQL passes to a redo or desc callback.
-pub unsafe fn parts<'a>(record: *mut pg_sys::XLogReaderState) -> (u8, &'a [u8]) {
+pub unsafe fn parts<'a>(record: *mut pg_sys::XLogReaderState) -> (u8, &'a [u8], Lsn) {
     let r = (*record).record;
     let info = (*r).header.xl_info & !XLR_INFO_MASK;
     let data = if (*r).main_data_len == 0 {
@@ -51,7 +98,7 @@ pub unsafe fn parts<'a>(record: *mut pg_sys::XLogReaderState) -> (u8, &'a [u8]) 
     } else {
         std::slice::from_raw_parts((*r).main_data as *const u8, (*r).main_data_len as usize)
     };
-    (info, data)
+    (info, data, Lsn((*record).ReadRecPtr))
 }
 
 /// The type bits of an `xl_info`.

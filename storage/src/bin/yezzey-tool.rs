@@ -12,6 +12,14 @@
 //! yezzey-tool [OPTIONS] get-raw NAME FILE  copy an object's stored bytes (no decoding)
 //! yezzey-tool [OPTIONS] put-raw FILE NAME  store a file's bytes as they are
 //! yezzey-tool cache-entries DIR            list a frame cache's entries: file, data offset
+//! yezzey-tool [OPTIONS] verify-maps DATADIR
+//!                     check every object a data directory's maps name: each
+//!                     one present, authentic and whole; names each problem
+//!                     with its relation file; exit 1 if there is one
+//! yezzey-tool [OPTIONS] repair-maps DATADIR
+//!                     rebuild a stopped server's damaged or missing maps from
+//!                     the objects in the store (what yezzey_repair_maps()
+//!                     does in a running one); --content N for Greenplum
 //! ```
 //!
 //! Options (or environment): `--url` (YEZZEY_STORAGE_URL: s3://bucket/prefix
@@ -117,6 +125,197 @@ fn layout(reader: &RemoteReader, name: &str) -> Result<Arc<ObjectLayout>> {
     block_on(reader.layout(name))
 }
 
+/// Decodes a whole object into `out`, checking every frame and the
+/// whole-file checksum.
+fn decode_whole(r: &RemoteReader, name: &str, mut out: impl Write) -> Result<Arc<ObjectLayout>> {
+    let l = layout(r, name)?;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let fs = l.trailer.frame_size as u64;
+    let mut buf = vec![0u8; fs as usize];
+    let mut off = 0;
+    while off < l.trailer.raw_len {
+        let n = fs.min(l.trailer.raw_len - off) as usize;
+        block_on(r.read(name, off, &mut buf[..n]))?;
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])
+            .map_err(|e| Error::io("output", e))?;
+        off += n as u64;
+    }
+    out.flush().map_err(|e| Error::io("output", e))?;
+    if hasher.digest128().to_le_bytes() != l.trailer.raw_checksum {
+        return Err(Error::corrupt(name, "whole-file checksum mismatch"));
+    }
+    Ok(l)
+}
+
+/// A data directory's maps, without the server: checking the objects they
+/// name, and rebuilding the broken ones.
+mod maps {
+    use super::decode_whole;
+    use std::collections::{BTreeSet, HashSet};
+    use std::path::{Path, PathBuf};
+    use yezzey_storage::key::RelFork;
+    use yezzey_storage::reader::RemoteReader;
+    use yezzey_storage::runtime::block_on;
+    use yezzey_storage::state::{lineage, repair, unix_now, StateDir};
+    use yezzey_storage::{Error, Result};
+
+    /// The system identifier: pg_control's first field.
+    fn system_id(dir: &Path) -> Result<u64> {
+        let p = dir.join("global/pg_control");
+        let b = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+        Ok(u64::from_le_bytes(
+            b.get(..8)
+                .ok_or_else(|| Error::Config(format!("{} is too short", p.display())))?
+                .try_into()
+                .unwrap(),
+        ))
+    }
+
+    /// Where a fork's segment file is (as PostgreSQL's relpath spells it).
+    pub fn segment_path(dir: &Path, key: RelFork, segno: u32) -> PathBuf {
+        let base = match key.spc {
+            1663 => dir.join(format!("base/{}", key.db)),
+            1664 => dir.join("global"),
+            spc => {
+                let t = dir.join(format!("pg_tblspc/{spc}"));
+                let version = std::fs::read_dir(&t)
+                    .ok()
+                    .and_then(|rd| {
+                        rd.flatten()
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .find(|n| n.starts_with("PG_"))
+                    })
+                    .unwrap_or_default();
+                t.join(version).join(key.db.to_string())
+            }
+        };
+        let fork = match key.fork.0 {
+            1 => "_fsm",
+            2 => "_vm",
+            3 => "_init",
+            _ => "",
+        };
+        let seg = if segno == 0 {
+            String::new()
+        } else {
+            format!(".{segno}")
+        };
+        base.join(format!("{}{fork}{seg}", key.rel))
+    }
+
+    fn rel_path(dir: &Path, key: RelFork) -> String {
+        let p = segment_path(dir, key, 0);
+        p.strip_prefix(dir).unwrap_or(&p).display().to_string()
+    }
+
+    pub fn verify(r: &RemoteReader, dir: &Path) -> Result<()> {
+        let state = StateDir::new(dir.join("pg_yezzey"));
+        let (mut ok, mut bad) = (0, 0);
+        for (key, m) in state.read_maps_checked() {
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    println!("MAP\t{}\tthe map is {e}", rel_path(dir, key));
+                    bad += 1;
+                    continue;
+                }
+            };
+            for s in &m.segments {
+                let name = m.object_name(s).relative();
+                match decode_whole(r, &name, std::io::sink()) {
+                    Ok(_) => ok += 1,
+                    Err(e) => {
+                        let what = if matches!(e, Error::NotFound(_)) {
+                            "MISSING"
+                        } else {
+                            "DAMAGED"
+                        };
+                        println!(
+                            "{what}\t{} segment {}\t{name}: {e}",
+                            rel_path(dir, key),
+                            s.segno
+                        );
+                        bad += 1;
+                    }
+                }
+            }
+        }
+        eprintln!("{ok} objects verified, {bad} problems");
+        if bad > 0 {
+            return Err(Error::corrupt(
+                &dir.display().to_string(),
+                format!("{bad} problems"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn repair(r: &RemoteReader, dir: &Path, content: i32) -> Result<()> {
+        if let Ok(pid) = std::fs::read_to_string(dir.join("postmaster.pid")) {
+            let pid: i32 = pid.lines().next().unwrap_or("").trim().parse().unwrap_or(0);
+            if pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                return Err(Error::Config(format!(
+                    "the server of {} is running (pid {pid}): use SELECT * FROM yezzey_repair_maps() in it",
+                    dir.display()
+                )));
+            }
+        }
+        let sys = system_id(dir)?;
+        let state = StateDir::new(dir.join("pg_yezzey"));
+        let me = state
+            .read_member()
+            .map_err(|e| Error::io("pg_yezzey/member.json", e))?
+            .ok_or_else(|| Error::Config("pg_yezzey/member.json is missing".into()))?;
+        let mut preferred = vec![me.member];
+        preferred.extend(me.parent);
+        let mut writers: BTreeSet<_> = block_on(lineage::read_all(r.store(), sys, content))?
+            .into_iter()
+            .map(|rec| rec.member)
+            .collect();
+        writers.extend(preferred.iter().copied());
+        let retired: HashSet<String> = state.retired().into_iter().map(|(_, x)| x.name).collect();
+        let mut failed = 0;
+        for (key, m) in state.read_maps_checked() {
+            let Err(why) = m else { continue };
+            let (found, skipped) = block_on(repair::candidates(
+                r,
+                sys,
+                content,
+                writers.iter().copied(),
+                key,
+            ))?;
+            for s in skipped {
+                eprintln!("not using {s}");
+            }
+            let local = |segno| {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata(segment_path(dir, key, segno)).map_or(0, |md| md.blocks() * 512)
+            };
+            match repair::rebuild(key, &found, &retired, &preferred, local, unix_now()) {
+                Ok(m) => {
+                    state
+                        .write_map(&m)
+                        .map_err(|e| Error::io("pg_yezzey/map", e))?;
+                    println!(
+                        "REPAIRED\t{}\twas {why}; {} segments",
+                        rel_path(dir, key),
+                        m.segments.len()
+                    );
+                }
+                Err(e) => {
+                    println!("FAILED\t{}\twas {why}; {e}", rel_path(dir, key));
+                    failed += 1;
+                }
+            }
+        }
+        if failed > 0 {
+            return Err(Error::Config(format!("{failed} maps could not be rebuilt")));
+        }
+        Ok(())
+    }
+}
+
 fn run(o: &Opts) -> Result<()> {
     let cmd = o.arg(
         0,
@@ -185,9 +384,7 @@ fn run(o: &Opts) -> Result<()> {
         "get" | "verify" => {
             let name = o.arg(1, "NAME")?;
             let r = reader()?;
-            let l = layout(&r, name)?;
-            let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-            let mut out: Box<dyn Write> = if cmd == "get" {
+            let out: Box<dyn Write> = if cmd == "get" {
                 let path = o.arg(2, "FILE")?;
                 Box::new(std::io::BufWriter::new(
                     std::fs::File::create(path).map_err(|e| Error::io(path, e))?,
@@ -195,25 +392,16 @@ fn run(o: &Opts) -> Result<()> {
             } else {
                 Box::new(std::io::sink())
             };
-            let fs = l.trailer.frame_size as u64;
-            let mut buf = vec![0u8; fs as usize];
-            let mut off = 0;
-            while off < l.trailer.raw_len {
-                let n = fs.min(l.trailer.raw_len - off) as usize;
-                block_on(r.read(name, off, &mut buf[..n]))?;
-                hasher.update(&buf[..n]);
-                out.write_all(&buf[..n])
-                    .map_err(|e| Error::io("output", e))?;
-                off += n as u64;
-            }
-            out.flush().map_err(|e| Error::io("output", e))?;
-            if hasher.digest128().to_le_bytes() != l.trailer.raw_checksum {
-                return Err(Error::corrupt(name, "whole-file checksum mismatch"));
-            }
+            let l = decode_whole(&r, name, out)?;
             eprintln!(
                 "{name}: OK ({} frames, {} raw bytes)",
                 l.trailer.frame_count, l.trailer.raw_len
             );
+        }
+        "verify-maps" => return maps::verify(&reader()?, &PathBuf::from(o.arg(1, "DATADIR")?)),
+        "repair-maps" => {
+            let content = o.num("content", -1)?;
+            return maps::repair(&reader()?, &PathBuf::from(o.arg(1, "DATADIR")?), content);
         }
         "header" => {
             let name = o.arg(1, "NAME")?;

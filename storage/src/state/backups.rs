@@ -16,18 +16,25 @@
 //! **Registration cannot be forgotten.** The server registers a backup when
 //! it starts (a host hook on `pg_backup_start()` and `BASE_BACKUP`, before
 //! any file is copied; a backup that cannot be registered does not start),
-//! whatever tool took it. What ends a registration:
+//! whatever tool took it. A registration holds until something says the
+//! backup is gone, and never because something could not be said:
 //! * a backup Barman took (label `Barman backup <name> <id>`) lives while
 //!   the server's catalogue named by `yezzey.barman_repository` (the
 //!   repository URL and server name given to `barman-cloud-backup`) lists it
-//!   (`base/<id>/backup.info`, status not `FAILED`): once
-//!   `barman-cloud-backup-delete` removes it, its objects may go;
+//!   (`base/<id>/backup.info`, status not `FAILED`). Once the catalogue has
+//!   listed it (garbage collection records when it first saw that), its
+//!   removal by `barman-cloud-backup-delete` lets its objects go. Before
+//!   that, a backup not listed is kept for `yezzey.backup_retention`:
+//!   Barman writes `backup.info` last, minutes after `pg_backup_stop()` for
+//!   a large backup;
 //! * any other backup (pg_basebackup, scripts) lives for
 //!   `yezzey.backup_retention` after it started, or until
 //!   `yezzey_backup_expire()`;
-//! * a backup that never stopped, from an earlier start of the server, was
-//!   abandoned (a backup cannot outlive its session); one still running
-//!   lives.
+//! * a backup whose stop was never recorded (the server crashed or
+//!   restarted while it ran, or the store could not be reached when it
+//!   stopped) is judged by its catalogue if it has one, and otherwise kept
+//!   for `yezzey.backup_retention`: it may have completed. One still
+//!   running (by this creation of the server's shared memory) lives.
 use crate::error::{Error, Result};
 use crate::key::{Lsn, MemberId};
 use crate::names;
@@ -52,6 +59,10 @@ pub struct BackupRecord {
     pub stop_lsn: Option<Lsn>,
     #[serde(default)]
     pub stopped_at: Option<i64>,
+    /// When garbage collection first saw Barman's catalogue list it (Unix
+    /// seconds): from then on, its absence there means it was deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalogued_at: Option<i64>,
 }
 
 impl BackupRecord {
@@ -148,30 +159,40 @@ impl Liveness {
     }
 }
 
-/// Judges a registration. `catalogued`: for a Barman backup with a
+/// Judges a registration. `boot`: the current creation of the server's
+/// shared memory, if the backup was taken here (a backup another member
+/// took, a standby's, runs until its stop is recorded: only that server
+/// could tell otherwise); `catalogued`: for a Barman backup with a
 /// repository configured, what the repository says (`None`: not listed).
 pub fn judge(
     rec: &BackupRecord,
-    boot: i64,
+    boot: Option<i64>,
     now: i64,
     retention: i64,
     catalogued: Option<Option<&str>>,
 ) -> Liveness {
-    if rec.stop_lsn.is_none() {
-        return if rec.boot == boot {
-            Liveness::Running
-        } else {
-            Liveness::Expired("abandoned: it never stopped before the server restarted")
-        };
+    if rec.stop_lsn.is_none() && boot.is_none_or(|b| rec.boot == b) {
+        return Liveness::Running;
     }
+    let retained = || {
+        if now < rec.started_at + retention {
+            Liveness::Retained {
+                until: rec.started_at + retention,
+            }
+        } else if rec.stop_lsn.is_none() {
+            Liveness::Expired("its stop was never recorded, and it is past yezzey.backup_retention")
+        } else {
+            Liveness::Expired("past yezzey.backup_retention")
+        }
+    };
     match catalogued {
         Some(Some(status)) if status != "FAILED" => Liveness::Catalogued(status.to_string()),
         Some(Some(_)) => Liveness::Expired("failed, by Barman's catalogue"),
-        Some(None) => Liveness::Expired("deleted from Barman's catalogue"),
-        None if now < rec.started_at + retention => Liveness::Retained {
-            until: rec.started_at + retention,
-        },
-        None => Liveness::Expired("past yezzey.backup_retention"),
+        Some(None) if rec.catalogued_at.is_some() => {
+            Liveness::Expired("deleted from Barman's catalogue")
+        }
+        // Not listed yet (Barman writes backup.info last), or no catalogue.
+        Some(None) | None => retained(),
     }
 }
 
@@ -191,6 +212,7 @@ mod tests {
             boot: 5,
             stop_lsn: stop.map(Lsn),
             stopped_at: stop.map(|_| 110),
+            catalogued_at: None,
         }
     }
 
@@ -202,21 +224,45 @@ mod tests {
         );
         assert_eq!(barman_backup_id("pg_basebackup base backup"), None);
         let running = rec("x", 10, None);
-        assert_eq!(judge(&running, 5, 1000, 0, None), Liveness::Running);
-        assert!(!judge(&running, 6, 1000, 0, None).holds(), "abandoned");
-        let done = rec("Barman backup yz 1", 10, Some(20));
+        assert_eq!(judge(&running, Some(5), 1000, 0, None), Liveness::Running);
+        // Another server's (a standby's) runs until its stop is recorded.
+        assert_eq!(judge(&running, None, 1_000_000, 0, None), Liveness::Running);
+        // Never recorded as stopped, from before a restart: it may have
+        // completed, so retention (or its catalogue) decides.
         assert_eq!(
-            judge(&done, 5, 1000, 0, Some(Some("DONE"))),
-            Liveness::Catalogued("DONE".into())
-        );
-        assert!(!judge(&done, 5, 1000, 0, Some(None)).holds(), "deleted");
-        assert!(!judge(&done, 5, 1000, 0, Some(Some("FAILED"))).holds());
-        let plain = rec("pg_basebackup base backup", 10, Some(20));
-        assert_eq!(
-            judge(&plain, 5, 150, 100, None),
+            judge(&running, Some(6), 150, 100, None),
             Liveness::Retained { until: 200 }
         );
-        assert!(!judge(&plain, 5, 250, 100, None).holds());
+        assert!(!judge(&running, Some(6), 250, 100, None).holds());
+        let unstopped_barman = rec("Barman backup cloud 1", 10, None);
+        assert_eq!(
+            judge(&unstopped_barman, Some(6), 10_000, 100, Some(Some("DONE"))),
+            Liveness::Catalogued("DONE".into()),
+            "Barman lists it DONE: kept whatever the registration says"
+        );
+        let mut done = rec("Barman backup yz 1", 10, Some(20));
+        assert_eq!(
+            judge(&done, Some(5), 1000, 0, Some(Some("DONE"))),
+            Liveness::Catalogued("DONE".into())
+        );
+        assert!(!judge(&done, Some(5), 1000, 0, Some(Some("FAILED"))).holds());
+        // Not listed: not yet (Barman writes backup.info last) unless it
+        // was listed before.
+        assert_eq!(
+            judge(&done, Some(5), 50, 100, Some(None)),
+            Liveness::Retained { until: 200 }
+        );
+        done.catalogued_at = Some(30);
+        assert!(
+            !judge(&done, Some(5), 50, 100, Some(None)).holds(),
+            "deleted"
+        );
+        let plain = rec("pg_basebackup base backup", 10, Some(20));
+        assert_eq!(
+            judge(&plain, Some(5), 150, 100, None),
+            Liveness::Retained { until: 200 }
+        );
+        assert!(!judge(&plain, Some(5), 250, 100, None).holds());
     }
 
     #[test]

@@ -14,10 +14,13 @@
 //! 4. no other member's published record holds it.
 //!
 //! The caller must gather its inputs in this order, so that an offload
-//! running meanwhile is always seen: list the store, then read intents,
-//! then maps, then retired records. (An object listed was uploaded after
-//! its intent was written; an intent dropped by the time it is read means
-//! its map was written before, and so is read after.)
+//! running meanwhile is always seen: list the store, then read the shared
+//! map (uploads in progress, maps, objects leaving the map), then the map
+//! files, then retired records. (An object listed was uploaded after its
+//! pending entry was made; a pending entry gone by the time it is read was
+//! logged and is a map now, or abandoned with its object deleted; an object
+//! that left the shared map is in a map file until its retired record is
+//! written, and that record is read last.)
 use super::lineage::{MemberState, Record};
 use super::retired::Retired;
 use crate::key::{Lsn, MemberId};
@@ -101,7 +104,7 @@ impl fmt::Display for Reason {
             Reason::Uploading => f.write_str("an upload of this cluster is writing it"),
             Reason::Standby { retired_lsn } => write!(
                 f,
-                "retired at {retired_lsn}, which a standby (or physical replication slot) has not replayed"
+                "retired at {retired_lsn}, which a standby (connected, or publishing its replay position) has not replayed"
             ),
             Reason::Backup { label, start_lsn } => write!(
                 f,
@@ -292,6 +295,8 @@ mod tests {
             lsn: Lsn(0),
             holds,
             forgotten_by: None,
+            in_recovery: false,
+            slot: None,
         }
     }
 

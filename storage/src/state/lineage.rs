@@ -19,7 +19,22 @@
 //! record is published when the member starts (its background worker), and
 //! again by every garbage collection and whenever the set shrank. Before
 //! its first record a new member is protected like the backup it was made
-//! from: by `yezzey.gc_retention` (and standby slots for standbys).
+//! from: by the backup's registration and `yezzey.gc_retention`.
+//!
+//! **Members still in recovery** (standbys, cascaded or delayed or fed
+//! from an archive, and restores replaying towards their target) do gain
+//! references: each record they replay may name objects. They publish
+//! their *replay* position instead (`in_recovery`, `lsn`), every ten
+//! seconds it moved: replay only moves forward, so a published position is
+//! a lower bound of where the member is now, and every object retired
+//! after it may still be needed ([`recovery_horizon`]). Such a record
+//! holds while the member keeps publishing (its last record is younger
+//! than `yezzey.gc_retention`, or than [`RECOVERY_LIVENESS`] if that is
+//! longer) or while the replication slot it streams from exists: a
+//! standby stopped for longer is still held by its slot, and dropping the
+//! slot of a standby that is gone lets go.
+//! A WAL receiver that does not replay (pg_receivewal, Barman's streaming)
+//! runs no yezzey and publishes nothing, so it holds nothing.
 //!
 //! A record is replaced whole with one PUT, so a reader sees the old
 //! record or the new one. Forgetting a member (`yezzey_forget_member`, for a
@@ -62,6 +77,40 @@ pub struct Record {
     /// Who forgot this member, if it was forgotten.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forgotten_by: Option<MemberId>,
+    /// Published during recovery: `lsn` is the replay position then.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_recovery: bool,
+    /// In recovery: the replication slot it streams from (its upstream's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+}
+
+/// How long a member in recovery that stopped publishing (it publishes at
+/// least every ten minutes while it runs) is taken to be alive without a
+/// slot, when `yezzey.gc_retention` is shorter.
+pub const RECOVERY_LIVENESS: i64 = 1800;
+
+/// The oldest replay position that a live member still in recovery
+/// published and that still holds: published within `retention` seconds
+/// (at least [`RECOVERY_LIVENESS`]) of `now`, or naming one of `slots`
+/// (this server's physical replication slots). Every object retired after
+/// it may still be read. `None` when no such member.
+pub fn recovery_horizon(
+    records: &[Record],
+    me: MemberId,
+    slots: &std::collections::HashSet<String>,
+    now: i64,
+    retention: i64,
+) -> Option<Lsn> {
+    records
+        .iter()
+        .filter(|r| r.member != me && r.state == MemberState::Live && r.in_recovery)
+        .filter(|r| {
+            now - r.published_at < retention.max(RECOVERY_LIVENESS)
+                || r.slot.as_ref().is_some_and(|s| slots.contains(s))
+        })
+        .map(|r| r.lsn)
+        .min()
 }
 
 impl Record {
@@ -145,7 +194,52 @@ mod tests {
             lsn: Lsn(5),
             holds: holds.iter().map(|s| s.to_string()).collect(),
             forgotten_by: None,
+            in_recovery: false,
+            slot: None,
         }
+    }
+
+    #[test]
+    fn horizon_is_the_oldest_replay_of_members_in_recovery() {
+        let mut a = rec(2, &[]);
+        a.in_recovery = true;
+        a.lsn = Lsn(300);
+        let mut b = rec(3, &[]);
+        b.in_recovery = true;
+        b.lsn = Lsn(200);
+        let mut gone = b.clone();
+        gone.member = MemberId(4);
+        gone.lsn = Lsn(100);
+        gone.state = MemberState::Forgotten;
+        let primary = rec(1, &[]);
+        let all = [primary.clone(), a.clone(), b.clone(), gone];
+        let none = std::collections::HashSet::new();
+        // Both published at 1: within a retention of 100 at time 50.
+        assert_eq!(
+            recovery_horizon(&all, MemberId(1), &none, 50, 100),
+            Some(Lsn(200))
+        );
+        assert_eq!(
+            recovery_horizon(std::slice::from_ref(&primary), MemberId(1), &none, 50, 100),
+            None
+        );
+        // Silent for longer than the retention and the liveness window:
+        // only a slot still holds.
+        let late = RECOVERY_LIVENESS + 500;
+        assert_eq!(recovery_horizon(&all, MemberId(1), &none, late, 100), None);
+        b.slot = Some("yz_b".into());
+        let slots: std::collections::HashSet<String> = ["yz_b".to_string()].into();
+        assert_eq!(
+            recovery_horizon(&[primary, a, b], MemberId(1), &slots, late, 100),
+            Some(Lsn(200))
+        );
+        // Older records (no field) are not in recovery.
+        let old: Record = serde_json::from_str(
+            r#"{"member":"0000000000000005","parent":null,"system_id":9,"content":-1,
+                "state":"live","origin":"backup","published_at":1,"timeline":1,"lsn":5,"holds":[]}"#,
+        )
+        .unwrap();
+        assert!(!old.in_recovery);
     }
 
     #[test]

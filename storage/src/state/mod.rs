@@ -6,34 +6,41 @@
 //!
 //! ```text
 //! pg_yezzey/map/<spc>_<db>_<rel>_<fork>.json   one per offloaded fork (map.rs)
-//! pg_yezzey/map.lock                           serialises read-modify-write of maps
-//! pg_yezzey/intents/<object id>.json           an upload in progress (intents.rs)
+//! pg_yezzey/map/manifest                       the forks that have one (map.rs)
+//! pg_yezzey/map.lock                           serialises writers of map files
 //! pg_yezzey/retired/<object id>.json           an object that left every map (retired.rs)
 //! pg_yezzey/member.json                        this cluster's lineage identity (member.rs)
 //! ```
 //!
 //! **Invariants.**
-//! * Every object this server uploads has an intent file from before its
-//!   first byte is sent until its map file names it (or the upload is
-//!   abandoned), so an object is always attributable: to a map, an intent,
-//!   or nothing (garbage).
-//! * An object leaves a map only after a retired record for it is durable.
+//! * While the server runs, its shared-memory map is the authority and
+//!   these files its durable image: a change reaches shared memory first
+//!   (with its WAL record), the files as soon as they can be written, and
+//!   no checkpoint completes until they are.
+//! * An object is always attributable: to an upload in progress (a pending
+//!   entry of the shared map, made before the first byte is sent), to a map
+//!   (shared or file), to an object leaving the map (the shared retiring
+//!   list), to a retired record, or to nothing (garbage).
+//! * An object leaves the shared retiring list, or a map file, only after
+//!   a retired record for it is durable.
 //! * Files are replaced atomically ([`durable::write`]): a crash leaves the
-//!   old or the new version.
+//!   old or the new version; map files carry a checksum, so damage is
+//!   detected rather than read.
 //!
-//! **Garbage collection** ([`gc`]) is a pure function from these files, the
-//! objects listed in the store, the lineage's published records
-//! ([`lineage`]) and the registered backups ([`backups`]) to a verdict per
-//! object, with its reason.
+//! **Garbage collection** ([`gc`]) is a pure function from what the server
+//! references, the objects listed in the store, the lineage's published
+//! records ([`lineage`]) and the registered backups ([`backups`]) to a
+//! verdict per object, with its reason. **Repair** ([`repair`]) rebuilds a
+//! damaged or missing map from the objects its fork has in the store.
 use std::path::{Path, PathBuf};
 
 pub mod backups;
 pub mod durable;
 pub mod gc;
-pub mod intents;
 pub mod lineage;
 pub mod map;
 pub mod member;
+pub mod repair;
 pub mod retired;
 
 /// The state directory of one server (`$PGDATA/pg_yezzey`).
@@ -55,7 +62,9 @@ impl StateDir {
         self.root.join("map")
     }
 
-    fn intents_dir(&self) -> PathBuf {
+    /// Where builds before the shared map kept upload intents (removed
+    /// by garbage collection: none of them can be live after a restart).
+    pub fn legacy_intents_dir(&self) -> PathBuf {
         self.root.join("intents")
     }
 
@@ -63,9 +72,9 @@ impl StateDir {
         self.root.join("retired")
     }
 
-    /// Serialises read-modify-write of map files (and the retired records
-    /// written with them) between processes: a checkpointer recording a
-    /// first local write while a backend truncates the same fork.
+    /// Serialises writers of map files (and of the retired records written
+    /// before a map file goes) between processes: a checkpoint writing
+    /// every dirty fork while a backend records a first local write.
     pub fn lock_maps(&self) -> std::io::Result<durable::FileLock> {
         durable::FileLock::acquire(&self.root.join("map.lock"))
     }

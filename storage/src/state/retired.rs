@@ -9,7 +9,7 @@
 //! same paths), so a promoted standby knows them too.
 use super::map::{ForkMap, SegmentMeta};
 use super::{durable, StateDir};
-use crate::key::Lsn;
+use crate::key::{Lsn, ObjectId};
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::PathBuf;
@@ -53,6 +53,12 @@ impl StateDir {
             durable::write(&self.retired_dir(), &format!("{}.json", s.object_id), &json)?;
         }
         Ok(())
+    }
+
+    /// Records one object as retired (its id names the file).
+    pub fn record_one(&self, id: ObjectId, r: &Retired) -> io::Result<()> {
+        let json = serde_json::to_vec(r).expect("serialising a retired object");
+        durable::write(&self.retired_dir(), &format!("{id}.json"), &json)
     }
 
     /// Every readable record with its file; unreadable files are skipped

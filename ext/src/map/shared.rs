@@ -1,0 +1,219 @@
+//! The shared map (`smgr_shim/src/yezzey_map.c`) in yezzey's own terms:
+//! typed keys and [`ForkMap`]s in, the same out.
+use crate::pg;
+use yezzey_smgr_shim::map::{self, ForkHead};
+use yezzey_smgr_shim::SegInfo;
+use yezzey_storage::key::{Fork, Lsn, MemberId, ObjectId, RelFork};
+use yezzey_storage::names::{ObjectName, SegmentId};
+use yezzey_storage::state::map::{ForkMap, SegmentMeta};
+use yezzey_storage::state::retired::Retired;
+
+/// What state a fork's map is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Uploading, not logged yet: readers ignore it; GC keeps its objects.
+    Pending,
+    /// Logged: its remote ranges are served from the objects.
+    Live,
+    /// Its map file was damaged or missing: it serves nothing and refuses
+    /// reads and writes until it is repaired.
+    Broken,
+}
+
+impl State {
+    fn code(self) -> u8 {
+        match self {
+            State::Pending => map::PENDING,
+            State::Live => map::LIVE,
+            State::Broken => map::BROKEN,
+        }
+    }
+
+    fn of(code: u8) -> State {
+        match code {
+            c if c == map::PENDING => State::Pending,
+            c if c == map::LIVE => State::Live,
+            _ => State::Broken,
+        }
+    }
+}
+
+/// One fork as the shared map holds it.
+#[derive(Debug, Clone)]
+pub struct SharedFork {
+    pub state: State,
+    /// Its map file is not in step yet.
+    pub dirty: bool,
+    pub version: u64,
+    pub map: ForkMap,
+}
+
+fn head_of(m: &ForkMap, state: State, dirty: bool) -> (ForkHead, Vec<SegInfo>) {
+    let head = ForkHead {
+        spc: m.key.spc,
+        db: m.key.db,
+        rel: m.key.rel,
+        fork: m.key.fork.as_i32(),
+        state: state.code(),
+        evicted: m.evicted,
+        page_checksums: m.page_checksums,
+        dirty,
+        content: m.content,
+        writer: m.writer.map_or(0, |w| w.0),
+        offloaded_at: m.offloaded_at,
+        lsn: m.lsn.0,
+        clean_lsn: m.clean_lsn.0,
+        nsegs: m.segments.len() as u32,
+        ..Default::default()
+    };
+    let segs = m.segments.iter().map(|s| seg_info(m, s)).collect();
+    (head, segs)
+}
+
+/// A segment as the shared map (and the read path) holds it.
+pub fn seg_info(m: &ForkMap, s: &SegmentMeta) -> SegInfo {
+    SegInfo {
+        spc: m.key.spc,
+        db: m.key.db,
+        rel: m.key.rel,
+        fork: m.key.fork.as_i32(),
+        segno: s.segno,
+        remote_blocks: s.blocks,
+        object_id: s.object_id.0,
+        writer: m.writer.map_or(0, |w| w.0),
+        clean_lsn: m.clean_lsn.0,
+        raw_len: s.raw_len,
+        stored_len: s.stored_len,
+        written: s.written,
+        page_checksums: m.page_checksums,
+    }
+}
+
+pub fn key_of(spc: u32, db: u32, rel: u32, fork: i32) -> RelFork {
+    RelFork {
+        spc,
+        db,
+        rel,
+        fork: Fork(fork as u8),
+    }
+}
+
+fn writer(w: u64) -> Option<MemberId> {
+    (w != 0).then_some(MemberId(w))
+}
+
+fn fork_of(h: &ForkHead, segs: &[SegInfo]) -> SharedFork {
+    SharedFork {
+        state: State::of(h.state),
+        dirty: h.dirty,
+        version: h.version,
+        map: ForkMap {
+            system_id: pg::system_id(),
+            content: h.content,
+            key: key_of(h.spc, h.db, h.rel, h.fork),
+            writer: writer(h.writer),
+            offloaded_at: h.offloaded_at,
+            lsn: Lsn(h.lsn),
+            clean_lsn: Lsn(h.clean_lsn),
+            evicted: h.evicted,
+            page_checksums: h.page_checksums,
+            segments: segs
+                .iter()
+                .map(|s| SegmentMeta {
+                    segno: s.segno,
+                    blocks: s.remote_blocks,
+                    object_id: ObjectId(s.object_id),
+                    raw_len: s.raw_len,
+                    stored_len: s.stored_len,
+                    written: s.written,
+                })
+                .collect(),
+        },
+    }
+}
+
+/// A fork's map in any state.
+pub fn get(key: RelFork) -> Option<SharedFork> {
+    map::get_fork(key.spc, key.db, key.rel, key.fork.as_i32()).map(|(h, s)| fork_of(&h, &s))
+}
+
+/// Inserts or replaces a fork's map. False when memory does not allow it
+/// (with `within_limit`, when yezzey.max_map_memory does not).
+pub fn put(m: &ForkMap, state: State, dirty: bool, within_limit: bool) -> bool {
+    let (head, segs) = head_of(m, state, dirty);
+    map::put_fork(&head, &segs, within_limit)
+}
+
+/// Marks a fork broken: nothing is served from it, every read refuses.
+pub fn put_broken(key: RelFork) -> bool {
+    let m = ForkMap {
+        system_id: pg::system_id(),
+        content: crate::settings::content_id(),
+        key,
+        writer: None,
+        offloaded_at: 0,
+        lsn: Lsn(0),
+        clean_lsn: Lsn(0),
+        evicted: true,
+        page_checksums: false,
+        segments: Vec::new(),
+    };
+    put(&m, State::Broken, false, false)
+}
+
+/// Moves a fork between states (false if it was not in `from`). Allocates
+/// nothing: may run in a critical section.
+pub fn set_state(key: RelFork, from: State, to: State) -> bool {
+    map::set_state(
+        key.spc,
+        key.db,
+        key.rel,
+        key.fork.as_i32(),
+        from.code(),
+        to.code(),
+    )
+}
+
+/// Every fork's map, in any state.
+pub fn all() -> Vec<SharedFork> {
+    map::list()
+        .iter()
+        .filter_map(|h| get(key_of(h.spc, h.db, h.rel, h.fork)))
+        .collect()
+}
+
+/// Forks of one database (any tablespace) that readers see (live or broken).
+pub fn of_database(db: u32) -> Vec<SharedFork> {
+    all()
+        .into_iter()
+        .filter(|f| f.map.key.db == db && f.state != State::Pending)
+        .collect()
+}
+
+/// Objects leaving the map, with the retired records they get.
+pub fn retiring() -> Vec<(ObjectId, Retired)> {
+    map::retiring()
+        .iter()
+        .map(|r| {
+            let s = &r.seg;
+            let name = ObjectName {
+                segment: SegmentId {
+                    system_id: pg::system_id(),
+                    content: r.content,
+                    rel: key_of(s.spc, s.db, s.rel, s.fork),
+                    segfile: s.segno,
+                },
+                writer: writer(s.writer),
+                object_id: ObjectId(s.object_id),
+            };
+            (
+                ObjectId(s.object_id),
+                Retired {
+                    name: name.relative(),
+                    lsn: Lsn(r.lsn),
+                    at: r.at,
+                },
+            )
+        })
+        .collect()
+}
