@@ -10,8 +10,13 @@ S=$YZ_ROOT/scripts
 
 bash "$S/setup.sh" --no-demo
 
-# The test servers get their own run directory, apart from the demo's.
+# The test servers get their own run directory and ports, apart from the
+# demo's (which may still be running from the set-up command).
 export YEZZEY_RUN=$YZ_CACHE/test-run
+export YEZZEY_PGPORT=${YEZZEY_TEST_PGPORT:-25517}
+export YEZZEY_GARAGE_S3_PORT=${YEZZEY_TEST_GARAGE_S3_PORT:-25530}
+export YEZZEY_GARAGE_RPC_PORT=${YEZZEY_TEST_GARAGE_RPC_PORT:-25531}
+export YEZZEY_GARAGE_ADMIN_PORT=${YEZZEY_TEST_GARAGE_ADMIN_PORT:-25533}
 YZ_RUN=$YEZZEY_RUN
 rm -rf "$YZ_RUN"
 mkdir -p "$YZ_RUN"
