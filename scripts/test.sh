@@ -2,7 +2,8 @@
 # Runs every test: the storage core's unit tests, its integration tests
 # against a real Garage server, clippy, the extension's SQL tests, the
 # integration tests (offload and read paths, crashes, lineages of standbys,
-# backups and clones, faults and full disks), and PostgreSQL's own
+# backups and clones, faults and full disks, yezzey's own files failing),
+# and PostgreSQL's own
 # regression suite against the patched server with yezzey preloaded.
 # Sets up whatever is missing first; stops the servers it started.
 source "$(dirname "$0")/common.sh"
@@ -62,6 +63,8 @@ suite "faults: store down, frozen, refusing; full disks (tests/test_faults.py)" 
     python3 "$YZ_ROOT/tests/test_faults.py"
 suite "backups: pg_basebackup and Barman carry local bytes only; GC knows every backup (tests/test_backup.py)" \
     python3 "$YZ_ROOT/tests/test_backup.py"
+suite "yezzey's own files failing, damaged state, copies GC must know about (tests/test_state.py)" \
+    python3 "$YZ_ROOT/tests/test_state.py"
 suite "PostgreSQL regression suite (installcheck, yezzey preloaded)" bash "$YZ_ROOT/tests/run-pg-regress.sh"
 
 echo

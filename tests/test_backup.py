@@ -277,8 +277,9 @@ class Barman(unittest.TestCase):
 
     def test_kill_during_a_backup_and_during_gc(self):
         """kill -9 while Barman copies the data directory, and while GC
-        deletes: the registration of the killed backup is abandoned and
-        collected, a new backup works, and GC finishes its work later."""
+        deletes: the registration of the killed backup expires (Barman's
+        catalogue records it FAILED) and is collected, a new backup works,
+        and GC finishes its work later."""
         yz.offloaded_table(MAIN, "b_kill", 200_000)
         p = subprocess.Popen(["runuser", "-u", "postgres", "--",
                               *barman_cmd("barman-cloud-backup", "-h", yz.ENV["PGHOST"], "-p", str(MAIN.port),
@@ -288,7 +289,7 @@ class Barman(unittest.TestCase):
         MAIN.crash()
         p.wait()
         MAIN.start()
-        self.assertIn("abandoned", MAIN.q("SELECT string_agg(status, ';') FROM yezzey_backups"))
+        self.assertIn("expired", MAIN.q("SELECT string_agg(status, ';') FROM yezzey_backups"))
         # Many objects to delete; kill GC halfway.
         MAIN.q("DROP TABLE b_kill; CHECKPOINT")
         for i in range(30):
@@ -302,7 +303,7 @@ class Barman(unittest.TestCase):
         MAIN.start()
         MAIN.q("SELECT * FROM yezzey_gc()")
         self.assertEqual(yz.store_yz_objects(MAIN.system_id()), MAIN.referenced_objects())
-        self.assertNotIn("abandoned", MAIN.q("SELECT coalesce(string_agg(status, ';'), '') FROM yezzey_backups"))
+        self.assertNotIn("expired", MAIN.q("SELECT coalesce(string_agg(status, ';'), '') FROM yezzey_backups"))
         bid = self.backup()
         self.assertIn("Barman's catalogue", MAIN.q(f"SELECT status FROM yezzey_backups WHERE label LIKE '%{bid}'"))
         MAIN.restart(wipe_cache=True)

@@ -20,10 +20,6 @@ def objects_of(c, table, db="postgres"):
                          WHERE relfilenode = pg_relation_filenode('{table}')""", db).split())
 
 
-def published(origin, member):
-    origin.wait_for(f"SELECT count(*) FROM yezzey_lineage WHERE member = '{member}' AND state = 'live'", "1")
-
-
 class Lineage(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -197,7 +193,7 @@ class Lineage(unittest.TestCase):
             self.assertNotEqual(b.member(), a.member(), "a restored copy must be a member of its own")
             self.assertEqual(b.q("SELECT parent FROM yezzey_lineage WHERE is_self"), a.member())
             self.assertEqual(b.q("SELECT origin FROM yezzey_lineage WHERE is_self"), "backup")
-            published(a, b.member())
+            yz.published(a, b.member())
 
             expect_newer = yz.offloaded_table(a, "newer", 200_000)
 
@@ -259,7 +255,7 @@ class Lineage(unittest.TestCase):
             s.q("SELECT pg_promote()")
             s.wait_for("SELECT NOT pg_is_in_recovery()")
             self.assertNotEqual(s.member(), a_member)
-            published(a, s.member())
+            yz.published(a, s.member())
             # It is no standby any more: its slot would hold A's garbage.
             a.q("SELECT pg_drop_replication_slot('yz_promoted')")
 
@@ -302,7 +298,7 @@ class Lineage(unittest.TestCase):
             b.start()
             b.wait_for("SELECT NOT pg_is_in_recovery()")
             self.assertEqual(b.q("SELECT timeline_id > 1 FROM pg_control_checkpoint()"), "t")
-            published(a, b.member())
+            yz.published(a, b.member())
             self.assertEqual((b.checksum("p1"), b.checksum("p2")), expect)
 
             # The origin goes on: loads back and drops what B still reads.

@@ -6,6 +6,7 @@ test makes: full-table checksums, never fixed answers.
 Object names and map contents come from yezzey itself (SQL and
 yezzey-tool), never from a re-implementation here.
 """
+import json
 import os
 import random
 import subprocess
@@ -59,13 +60,16 @@ class Cluster:
         return r
 
     def log_tail(self, n=30):
-        # pg.sh's log: postgres.log for the main cluster, <basename>.log for others.
-        log = os.path.join(RUN, "postgres.log" if self.data == MAIN_DATA else f"{os.path.basename(self.data)}.log")
-        try:
-            with open(log) as f:
-                return "\n--- server log ---\n" + "".join(f.readlines()[-n:])
-        except OSError:
+        # pg.sh's log: <basename>.log, or postgres.log for the main cluster
+        # when started without YEZZEY_PGDATA (the newer of the two).
+        logs = [os.path.join(RUN, f"{os.path.basename(self.data)}.log")]
+        if self.data == MAIN_DATA:
+            logs.append(os.path.join(RUN, "postgres.log"))
+        logs = [l for l in logs if os.path.exists(l)]
+        if not logs:
             return ""
+        with open(max(logs, key=os.path.getmtime)) as f:
+            return "\n--- server log ---\n" + "".join(f.readlines()[-n:])
 
     # --- life cycle ---
     def init(self):
@@ -107,7 +111,19 @@ class Cluster:
         return Cluster(name, port)
 
     def remove(self):
+        """Stops and deletes the cluster. A standby's lineage record
+        (published during recovery, holding the primary's garbage) is
+        forgotten in the main cluster, as a DBA decommissioning it would."""
         self.stop(check=False)
+        member = None
+        try:
+            with open(os.path.join(self.data, "pg_yezzey", "member.json")) as f:
+                member = json.load(f)["member"]
+        except (OSError, ValueError, KeyError):
+            pass
+        if member and self.data != MAIN_DATA:
+            MAIN.psql(f"SELECT yezzey_forget_member(member) FROM yezzey_lineage "
+                      f"WHERE member = '{member}' AND in_recovery AND NOT is_self", check=False)
         subprocess.run(["rm", "-rf", self.data], check=True)
 
     def conf(self, text):
@@ -247,6 +263,12 @@ SELECT g, timestamptz '2024-01-01' - g * interval '1 s', g % 1000, g * 1.01,
   FROM generate_series(1, {rows}) g;""", db)
 
 
+def published(origin, member, in_recovery=False):
+    """Waits until `member` published its lineage record (seen from `origin`)."""
+    extra = " AND in_recovery" if in_recovery else ""
+    origin.wait_for(f"SELECT count(*) FROM yezzey_lineage WHERE member = '{member}' AND state = 'live'{extra}", "1")
+
+
 def other_port(i):
     """Ports for second clusters: the main one's +1, +2, ..."""
     return BASE_PORT + i
@@ -258,6 +280,16 @@ def run(module_name):
     random.seed(seed)
     print(f"random seed {seed} (YEZZEY_TEST_SEED to repeat)", flush=True)
     suite = unittest.defaultTestLoader.loadTestsFromModule(sys.modules[module_name])
+    only = os.environ.get("YEZZEY_TEST_ONLY")
+    if only:
+        # Runs only the tests whose name contains it (for reruns by hand).
+        def pick(s):
+            for t in s:
+                if isinstance(t, unittest.TestSuite):
+                    yield from pick(t)
+                elif only in t.id():
+                    yield t
+        suite = unittest.TestSuite(pick(suite))
     result = unittest.TextTestRunner(verbosity=2).run(suite)
     failed = len(result.failures) + len(result.errors)
     print(f"{module_name}: {result.testsRun - failed} passed, {failed} failed, {len(result.skipped)} skipped")
