@@ -43,19 +43,19 @@ pub struct Uploaded {
     pub stored_len: u64,
 }
 
-struct Parts<'a> {
-    store: &'a Arc<AnyStore>,
-    name: &'a str,
+struct Parts {
+    store: Arc<AnyStore>,
+    name: String,
     mp: Option<Multipart>,
     pending: Vec<u8>,
     running: JoinSet<Result<Part>>,
     done: Vec<Part>,
     next: i32,
-    opts: &'a UploadOptions,
+    opts: UploadOptions,
     total: u64,
 }
 
-impl Parts<'_> {
+impl Parts {
     async fn add(&mut self, bytes: &[u8]) -> Result<()> {
         self.pending.extend_from_slice(bytes);
         self.total += bytes.len() as u64;
@@ -69,7 +69,7 @@ impl Parts<'_> {
 
     async fn send(&mut self, part: Vec<u8>) -> Result<()> {
         if self.mp.is_none() {
-            self.mp = Some(self.store.create_multipart(self.name).await?);
+            self.mp = Some(self.store.create_multipart(&self.name).await?);
         }
         while self.running.len() >= self.opts.parallel_parts {
             self.reap_one().await?;
@@ -93,7 +93,7 @@ impl Parts<'_> {
         if self.mp.is_none() {
             return self
                 .store
-                .put(self.name, Bytes::from(std::mem::take(&mut self.pending)))
+                .put(&self.name, Bytes::from(std::mem::take(&mut self.pending)))
                 .await;
         }
         if !self.pending.is_empty() {
@@ -109,6 +109,152 @@ impl Parts<'_> {
     }
 }
 
+type Encoding = tokio::task::JoinHandle<(Vec<u8>, EncodedFrame)>;
+
+/// An object being written from bytes pushed in order: for callers that
+/// produce the bytes themselves between pushes (on the calling thread, out
+/// of the runtime), where [`upload`] reads them from a [`Read`]. Frames are
+/// encoded on the blocking pool, up to `encode_ahead` at once. Call
+/// [`finish`](Self::finish), or [`abort`](Self::abort) to leave nothing
+/// behind; dropped otherwise, a started multipart upload stays until the
+/// store expires it.
+pub struct Upload {
+    parts: Parts,
+    codec: Arc<ObjectCodec>,
+    /// Taken by `finish`.
+    writer: Option<ObjectWriter>,
+    queue: VecDeque<Encoding>,
+    raw: Vec<u8>,
+    index: u32,
+    consumed: u64,
+}
+
+impl Upload {
+    /// Starts object `name` with id `object_id`.
+    pub async fn start(
+        store: &Arc<AnyStore>,
+        name: &str,
+        object_id: [u8; 16],
+        keys: &KeyRing,
+        opts: &UploadOptions,
+    ) -> Result<Upload> {
+        let codec = Arc::new(ObjectCodec::for_writing(
+            name,
+            object_id,
+            &opts.format,
+            keys,
+        )?);
+        let (writer, lead) = ObjectWriter::new(codec.clone(), &opts.format);
+        let mut parts = Parts {
+            store: store.clone(),
+            name: name.to_string(),
+            mp: None,
+            pending: Vec::new(),
+            running: JoinSet::new(),
+            done: Vec::new(),
+            next: 1,
+            opts: *opts,
+            total: 0,
+        };
+        parts.add(&lead).await?;
+        Ok(Upload {
+            parts,
+            codec,
+            writer: Some(writer),
+            queue: VecDeque::new(),
+            raw: Vec::new(),
+            index: 0,
+            consumed: 0,
+        })
+    }
+
+    fn frame_size(&self) -> usize {
+        self.parts.opts.format.frame_size as usize
+    }
+
+    /// Appends raw bytes; returns the raw bytes placed in the object so far.
+    pub async fn push(&mut self, mut bytes: &[u8]) -> Result<u64> {
+        let fs = self.frame_size();
+        while !bytes.is_empty() {
+            let n = (fs - self.raw.len()).min(bytes.len());
+            self.raw.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.raw.len() == fs {
+                let raw = std::mem::replace(&mut self.raw, Vec::with_capacity(fs));
+                self.encode(raw).await?;
+            }
+        }
+        Ok(self.consumed)
+    }
+
+    async fn encode(&mut self, raw: Vec<u8>) -> Result<()> {
+        while self.queue.len() >= self.parts.opts.encode_ahead.max(1) {
+            self.place_one().await?;
+        }
+        let (c, i) = (self.codec.clone(), self.index);
+        self.queue.push_back(tokio::task::spawn_blocking(move || {
+            let f = c.encode_frame(i, &raw);
+            (raw, f)
+        }));
+        self.index += 1;
+        Ok(())
+    }
+
+    /// The oldest encoded frame, placed in the object.
+    async fn place_one(&mut self) -> Result<()> {
+        let Some(h) = self.queue.pop_front() else {
+            return Ok(());
+        };
+        let (raw, frame) = h
+            .await
+            .map_err(|e| Error::Store(format!("encoding task failed: {e}")))?;
+        self.consumed += raw.len() as u64;
+        let writer = self
+            .writer
+            .as_mut()
+            .expect("an upload written after it finished");
+        let bytes = writer.push(&raw, frame);
+        self.parts.add(&bytes).await
+    }
+
+    /// Writes the last frame, the index and the trailer, and completes the
+    /// object.
+    pub async fn finish(mut self) -> Result<Uploaded> {
+        let result = self.finish_inner().await;
+        if result.is_err() {
+            self.abort().await;
+        }
+        result
+    }
+
+    async fn finish_inner(&mut self) -> Result<Uploaded> {
+        if !self.raw.is_empty() {
+            let raw = std::mem::take(&mut self.raw);
+            self.encode(raw).await?;
+        }
+        while !self.queue.is_empty() {
+            self.place_one().await?;
+        }
+        let writer = self.writer.take().expect("an upload finished twice");
+        let (tail, trailer) = writer.finish();
+        self.parts.add(&tail).await?;
+        self.parts.finish().await?;
+        Ok(Uploaded {
+            trailer,
+            stored_len: self.parts.total,
+        })
+    }
+
+    /// Gives up: nothing is left behind under the name (a started
+    /// multipart upload is aborted).
+    pub async fn abort(&mut self) {
+        self.parts.running.abort_all();
+        if let Some(mp) = self.parts.mp.take() {
+            let _ = self.parts.store.abort_multipart(&mp).await;
+        }
+    }
+}
+
 /// Uploads everything `input` yields as object `name` with id `object_id`
 /// (see [`crate::format::new_object_id`]). `progress` is called
 /// with the raw bytes consumed so far after each frame. On failure nothing
@@ -119,82 +265,34 @@ pub async fn upload(
     object_id: [u8; 16],
     keys: &KeyRing,
     opts: &UploadOptions,
-    input: impl Read,
-    progress: impl FnMut(u64),
-) -> Result<Uploaded> {
-    let mut parts = Parts {
-        store,
-        name,
-        mp: None,
-        pending: Vec::new(),
-        running: JoinSet::new(),
-        done: Vec::new(),
-        next: 1,
-        opts,
-        total: 0,
-    };
-    let result = encode_into(&mut parts, name, object_id, keys, opts, input, progress).await;
-    if result.is_err() {
-        parts.running.abort_all();
-        if let Some(mp) = parts.mp.take() {
-            let _ = store.abort_multipart(&mp).await;
-        }
-    }
-    result
-}
-
-async fn encode_into(
-    parts: &mut Parts<'_>,
-    name: &str,
-    object_id: [u8; 16],
-    keys: &KeyRing,
-    opts: &UploadOptions,
     mut input: impl Read,
     mut progress: impl FnMut(u64),
 ) -> Result<Uploaded> {
-    let codec = Arc::new(ObjectCodec::for_writing(
-        name,
-        object_id,
-        &opts.format,
-        keys,
-    )?);
-    let frame_size = opts.format.frame_size as usize;
-    let (mut writer, lead) = ObjectWriter::new(codec.clone(), &opts.format);
-    parts.add(&lead).await?;
-    let mut queue: VecDeque<tokio::task::JoinHandle<(Vec<u8>, EncodedFrame)>> = VecDeque::new();
-    let (mut index, mut eof, mut consumed) = (0u32, false, 0u64);
+    let mut up = Upload::start(store, name, object_id, keys, opts).await?;
+    let mut raw = vec![0u8; up.frame_size()];
     loop {
-        while !eof && queue.len() < opts.encode_ahead.max(1) {
-            let mut raw = vec![0u8; frame_size];
-            let n = read_full(&mut input, &mut raw).map_err(|e| Error::io(name, e))?;
-            eof = n < frame_size;
-            if n == 0 {
-                break;
+        let n = match read_full(&mut input, &mut raw) {
+            Ok(n) => n,
+            Err(e) => {
+                up.abort().await;
+                return Err(Error::io(name, e));
             }
-            raw.truncate(n);
-            let (c, i) = (codec.clone(), index);
-            queue.push_back(tokio::task::spawn_blocking(move || {
-                let f = c.encode_frame(i, &raw);
-                (raw, f)
-            }));
-            index += 1;
+        };
+        if n == 0 {
+            break;
         }
-        let Some(h) = queue.pop_front() else { break };
-        let (raw, frame) = h
-            .await
-            .map_err(|e| Error::Store(format!("encoding task failed: {e}")))?;
-        consumed += raw.len() as u64;
-        let bytes = writer.push(&raw, frame);
-        parts.add(&bytes).await?;
-        progress(consumed);
+        match up.push(&raw[..n]).await {
+            Ok(done) => progress(done),
+            Err(e) => {
+                up.abort().await;
+                return Err(e);
+            }
+        }
+        if n < raw.len() {
+            break;
+        }
     }
-    let (tail, trailer) = writer.finish();
-    parts.add(&tail).await?;
-    parts.finish().await?;
-    Ok(Uploaded {
-        trailer,
-        stored_len: parts.total,
-    })
+    up.finish().await
 }
 
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
