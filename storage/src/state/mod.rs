@@ -40,6 +40,7 @@ pub mod gc;
 pub mod lineage;
 pub mod map;
 pub mod member;
+pub mod reoffload;
 pub mod repair;
 pub mod retired;
 
