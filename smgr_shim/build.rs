@@ -93,10 +93,12 @@ fn main() {
         .allowlist_type("YzForkHead")
         .allowlist_type("YzForkState")
         .allowlist_type("YzRetiring")
+        .allowlist_type("YzHold")
         .allowlist_type("YzMapUsage")
         .allowlist_var("yz_.*")
         .rustified_enum("YzSmgrCall")
         .rustified_enum("YzForkState")
+        .rustified_enum("YzHold")
         .derive_default(true)
         .generate()
         .expect("bindgen on yezzey_smgr.h");

@@ -81,6 +81,12 @@ pub fn host_verifies_pages() -> bool {
     unsafe { ffi::yz_host_verifies_pages() }
 }
 
+/// PostgreSQL's data checksum of a page at block `blkno` (of its fork).
+pub fn page_checksum(page: &[u8], blkno: u32) -> u16 {
+    assert_eq!(page.len(), 8192);
+    unsafe { ffi::yz_page_checksum(page.as_ptr().cast(), blkno) }
+}
+
 /// One offloaded segment as the shared map holds it.
 pub use ffi::YzSegInfo as SegInfo;
 
@@ -105,6 +111,10 @@ pub mod map {
     pub use ffi::YzForkHead as ForkHead;
     pub use ffi::YzMapUsage as Usage;
     pub use ffi::YzRetiring as Retiring;
+
+    /// Why an object is held while a switch runs (`Retiring::hold`).
+    pub const HOLD_NEW: u8 = ffi::YzHold::YZ_HOLD_NEW as u8;
+    pub const HOLD_SUPERSEDED: u8 = ffi::YzHold::YZ_HOLD_SUPERSEDED as u8;
 
     /// Uploading, not logged yet: readers ignore it; GC keeps its objects.
     pub const PENDING: u8 = ffi::YzForkState::YZ_FORK_PENDING as u8;
@@ -205,6 +215,50 @@ pub mod map {
     /// Removes this process's pending fork (an offload that failed).
     pub fn drop_pending(spc: u32, db: u32, rel: u32, fork: i32) {
         unsafe { ffi::yz_map_drop_pending(spc, db, rel, fork) }
+    }
+
+    /// A re-offload's new segment array, staged in the LIVE fork's entry
+    /// before its record; false (nothing changed) if there is no LIVE fork,
+    /// another switch is staged, or memory does not allow it.
+    pub fn stage(head: &ForkHead, segs: &[SegInfo], within_limit: bool) -> bool {
+        unsafe { ffi::yz_map_stage(head, segs.as_ptr(), segs.len() as u32, within_limit) }
+    }
+
+    /// Keeps an object from garbage collection while this process switches
+    /// its fork's map (an entry of the retiring list with lsn 0, `r.hold`
+    /// saying why). ERRORs if the list cannot grow.
+    pub fn hold(r: &Retiring) {
+        unsafe { ffi::yz_map_hold(r) }
+    }
+
+    /// Makes the staged array the fork's. Touches only the fork's entry and
+    /// allocates nothing: may run in a critical section. False if nothing
+    /// is staged.
+    pub fn promote(head: &ForkHead) -> bool {
+        unsafe { ffi::yz_map_promote(head) }
+    }
+
+    /// Ends this process's switch: superseded objects retire at `lsn`, `at`
+    /// (after a promotion), every other hold and the staged or old array
+    /// go. `lsn` 0 aborts: every hold goes.
+    pub fn unstage(lsn: u64, at: i64) {
+        unsafe { ffi::yz_map_unstage(lsn, at) }
+    }
+
+    /// Changes whenever what readers see changes.
+    pub fn generation() -> u64 {
+        unsafe { ffi::yz_map_generation() }
+    }
+
+    /// Adds an object to the retiring list (redo of a switch that retired it).
+    pub fn add_retiring(r: &Retiring) {
+        unsafe { ffi::yz_map_add_retiring(r) }
+    }
+
+    /// Clears a segment's written flag (its local file holds nothing the
+    /// object lacks); true if it was set.
+    pub fn clear_written(spc: u32, db: u32, rel: u32, fork: i32, segno: u32) -> bool {
+        unsafe { ffi::yz_map_clear_written(spc, db, rel, fork, segno) }
     }
 
     /// Objects that left the map and await their retired record.

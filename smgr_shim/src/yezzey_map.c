@@ -94,6 +94,10 @@ typedef struct YzForkEntry
 	uint64		version;
 	uint32		nsegs;
 	dsa_pointer segs;			/* YzSegData[nsegs] */
+	/* A re-offload's staged array (yz_map_stage), or after its promotion the old one. */
+	int32		next_owner;		/* the process that staged it (0: none) */
+	uint32		next_nsegs;
+	dsa_pointer next_segs;
 } YzForkEntry;
 
 typedef struct YzRelEntry
@@ -250,14 +254,29 @@ yz_map_install(void)
 }
 
 static void drop_pending_of(int pid);
+static void settle_holds_of(int pid, uint64 lsn, int64 at);
 
-/* An exiting process's failed offloads leave no pending forks behind. */
+/*
+ * An exiting process's failed offloads leave no pending forks, staged
+ * arrays or holds behind.
+ */
 static void
 yz_map_at_exit(int code, Datum arg)
 {
 	/* A FATAL raised while holding a partition lock would deadlock below. */
 	LWLockReleaseAll();
 	drop_pending_of(MyProcPid);
+	settle_holds_of(MyProcPid, 0, 0);
+}
+
+static void
+register_exit(void)
+{
+	if (!yz_exit_registered)
+	{
+		before_shmem_exit(yz_map_at_exit, 0);
+		yz_exit_registered = true;
+	}
 }
 
 static void
@@ -482,10 +501,41 @@ insert_counted(const YzForkKey *key, uint8 state, uint8 *old_state, dsa_pointer 
 		e->state = 0;
 		e->nsegs = 0;
 		e->segs = InvalidDsaPointer;
+		e->next_owner = 0;
+		e->next_nsegs = 0;
+		e->next_segs = InvalidDsaPointer;
 		e->version = 1;
 	}
 	count(key, *old_state, state);
 	return e;
+}
+
+/* A segment array in the map's area, copied from `segs`; invalid if memory does not allow. */
+static dsa_pointer
+alloc_segs(const YzSegInfo *segs, uint32 nsegs, bool within_limit)
+{
+	dsa_pointer dp;
+	YzSegData  *arr;
+
+	if (within_limit && yz_max_map_memory_kb > 0 &&
+		dsa_get_total_size(yz_area) + (Size) nsegs * sizeof(YzSegData) + 1024 >
+		(Size) yz_max_map_memory_kb * 1024)
+		return InvalidDsaPointer;
+	dp = dsa_allocate_extended(yz_area, (Size) Max(nsegs, 1) * sizeof(YzSegData),
+							   DSA_ALLOC_NO_OOM | DSA_ALLOC_HUGE);
+	if (!DsaPointerIsValid(dp))
+		return InvalidDsaPointer;
+	arr = dsa_get_address(yz_area, dp);
+	for (uint32 i = 0; i < nsegs; i++)
+	{
+		arr[i].segno = segs[i].segno;
+		arr[i].remote_blocks = segs[i].remote_blocks;
+		memcpy(arr[i].object_id, segs[i].object_id, 16);
+		arr[i].raw_len = segs[i].raw_len;
+		arr[i].stored_len = segs[i].stored_len;
+		arr[i].written = segs[i].written;
+	}
+	return dp;
 }
 
 bool
@@ -494,7 +544,6 @@ yz_map_put_fork(const YzForkHead *head, const YzSegInfo *segs, uint32_t nsegs,
 {
 	YzForkKey	key = {head->spc, head->db, head->rel, head->fork};
 	YzForkEntry *e;
-	YzSegData  *arr;
 	volatile dsa_pointer dp = InvalidDsaPointer;
 	/* Written inside PG_TRY (through pointers), read only after it. */
 	volatile dsa_pointer old_segs = InvalidDsaPointer;
@@ -502,32 +551,17 @@ yz_map_put_fork(const YzForkHead *head, const YzSegInfo *segs, uint32_t nsegs,
 
 	if (!ready())
 		return false;
-	if (within_limit && yz_max_map_memory_kb > 0 &&
-		dsa_get_total_size(yz_area) + (Size) nsegs * sizeof(YzSegData) + 1024 >
-		(Size) yz_max_map_memory_kb * 1024)
-		return false;
 	if (nsegs > 0)
 	{
-		dp = dsa_allocate_extended(yz_area, (Size) nsegs * sizeof(YzSegData),
-								   DSA_ALLOC_NO_OOM | DSA_ALLOC_HUGE);
+		dp = alloc_segs(segs, nsegs, within_limit);
 		if (!DsaPointerIsValid(dp))
 			return false;
-		arr = dsa_get_address(yz_area, dp);
-		for (uint32 i = 0; i < nsegs; i++)
-		{
-			arr[i].segno = segs[i].segno;
-			arr[i].remote_blocks = segs[i].remote_blocks;
-			memcpy(arr[i].object_id, segs[i].object_id, 16);
-			arr[i].raw_len = segs[i].raw_len;
-			arr[i].stored_len = segs[i].stored_len;
-			arr[i].written = segs[i].written;
-		}
 	}
-	if (head->state == YZ_FORK_PENDING && !yz_exit_registered)
-	{
-		before_shmem_exit(yz_map_at_exit, 0);
-		yz_exit_registered = true;
-	}
+	else if (within_limit && yz_max_map_memory_kb > 0 &&
+			 dsa_get_total_size(yz_area) + 1024 > (Size) yz_max_map_memory_kb * 1024)
+		return false;
+	if (head->state == YZ_FORK_PENDING)
+		register_exit();
 	/*
 	 * The tables may need memory (an ERROR if dynamic shared memory cannot
 	 * grow): the segment array goes back, and a new entry is left in state
@@ -707,6 +741,7 @@ remove_fork(YzForkEntry *e, uint64 lsn, int64 at)
 	YzForkKey	key = e->key;
 	uint8		state = e->state;
 	dsa_pointer segs = e->segs;
+	dsa_pointer next_segs = e->next_segs;
 
 	if (state == YZ_FORK_LIVE && e->nsegs > 0)
 	{
@@ -720,6 +755,8 @@ remove_fork(YzForkEntry *e, uint64 lsn, int64 at)
 			r = dshash_find_or_insert(yz_retiring, s[i].object_id, &found);
 			fill_info(e, &s[i], &r->r.seg);
 			r->r.content = e->content;
+			r->r.owner_pid = 0;
+			r->r.hold = YZ_HOLD_NONE;
 			r->r.lsn = lsn;
 			r->r.at = at;
 			dshash_release_lock(yz_retiring, r);
@@ -730,6 +767,8 @@ remove_fork(YzForkEntry *e, uint64 lsn, int64 at)
 	dshash_delete_entry(yz_forks, e);
 	if (DsaPointerIsValid(segs))
 		dsa_free(yz_area, segs);
+	if (DsaPointerIsValid(next_segs))
+		dsa_free(yz_area, next_segs);
 	if (visible(state))
 	{
 		bump();
@@ -820,6 +859,261 @@ yz_map_drop_retiring(const uint8_t *object_id)
 	if (!ready())
 		return;
 	dshash_delete_key(yz_retiring, object_id);
+}
+
+bool
+yz_map_stage(const YzForkHead *head, const YzSegInfo *segs, uint32_t nsegs,
+			 bool within_limit)
+{
+	YzForkEntry *e;
+	dsa_pointer dp;
+	bool		ok = false;
+
+	if (!ready())
+		return false;
+	dp = alloc_segs(segs, nsegs, within_limit);
+	if (!DsaPointerIsValid(dp))
+		return false;
+	register_exit();
+	e = find_fork(head->spc, head->db, head->rel, head->fork, true);
+	if (e != NULL)
+	{
+		if (e->state == YZ_FORK_LIVE && e->next_owner == 0 &&
+			!DsaPointerIsValid(e->next_segs))
+		{
+			e->next_owner = MyProcPid;
+			e->next_nsegs = nsegs;
+			e->next_segs = dp;
+			ok = true;
+		}
+		dshash_release_lock(yz_forks, e);
+	}
+	if (!ok)
+		dsa_free(yz_area, dp);
+	return ok;
+}
+
+/*
+ * Puts an entry on the retiring list as `r` says, owned by `owner` with
+ * `hold`; an entry already there is replaced only if `replace`.
+ */
+static void
+put_retiring(const YzRetiring *r, int32 owner, uint8 hold, bool replace)
+{
+	YzRetiringEntry *h;
+	bool		found;
+
+	if (!ready())
+		return;
+	h = dshash_find_or_insert(yz_retiring, r->seg.object_id, &found);
+	if (!found || replace)
+	{
+		h->r = *r;
+		h->r.owner_pid = owner;
+		h->r.hold = hold;
+	}
+	dshash_release_lock(yz_retiring, h);
+}
+
+void
+yz_map_hold(const YzRetiring *r)
+{
+	YzRetiring	held = *r;
+
+	register_exit();
+	held.lsn = 0;
+	held.at = 0;
+	put_retiring(&held, MyProcPid, r->hold != YZ_HOLD_NONE ? r->hold : YZ_HOLD_NEW, false);
+}
+
+static bool
+in_segs(const YzSegData *s, uint32 n, const uint8 *object_id)
+{
+	for (uint32 i = 0; i < n; i++)
+		if (memcmp(s[i].object_id, object_id, 16) == 0)
+			return true;
+	return false;
+}
+
+bool
+yz_map_promote(const YzForkHead *head)
+{
+	YzForkEntry *e = find_fork(head->spc, head->db, head->rel, head->fork, true);
+	YzSegData  *now;
+	const YzSegData *was;
+	uint32		nnow;
+	dsa_pointer old;
+	uint32		nold;
+
+	if (e == NULL)
+		return false;
+	if (e->state != YZ_FORK_LIVE || e->next_owner != MyProcPid ||
+		!DsaPointerIsValid(e->next_segs))
+	{
+		dshash_release_lock(yz_forks, e);
+		return false;
+	}
+	now = dsa_get_address(yz_area, e->next_segs);
+	nnow = e->next_nsegs;
+	was = e->nsegs > 0 ? dsa_get_address(yz_area, e->segs) : NULL;
+	/* What happened meanwhile to the segments the switch keeps. */
+	for (uint32 i = 0; i < nnow; i++)
+		for (uint32 j = 0; was != NULL && j < e->nsegs; j++)
+			if (memcmp(now[i].object_id, was[j].object_id, 16) == 0)
+			{
+				now[i].written |= was[j].written;
+				now[i].remote_blocks = Min(now[i].remote_blocks, was[j].remote_blocks);
+			}
+	old = e->segs;
+	nold = e->nsegs;
+	e->segs = e->next_segs;
+	e->nsegs = nnow;
+	e->next_segs = old;			/* freed by yz_map_unstage */
+	e->next_nsegs = nold;
+	e->writer = head->writer;
+	e->offloaded_at = head->offloaded_at;
+	e->lsn = head->lsn;
+	e->clean_lsn = head->clean_lsn;
+	e->page_checksums = head->page_checksums;
+	e->evicted = false;
+	e->dirty = true;
+	e->version++;
+	dshash_release_lock(yz_forks, e);
+	bump();
+	return true;
+}
+
+/* Whether a fork's live map names an object (any state: false if no fork). */
+static bool
+fork_names(const YzSegInfo *seg)
+{
+	YzForkEntry *e = find_fork(seg->spc, seg->db, seg->rel, seg->fork, false);
+	bool		named = false;
+
+	if (e == NULL)
+		return false;
+	if (e->state == YZ_FORK_LIVE && e->nsegs > 0)
+		named = in_segs(dsa_get_address(yz_area, e->segs), e->nsegs, seg->object_id);
+	dshash_release_lock(yz_forks, e);
+	return named;
+}
+
+/*
+ * Ends process pid's switch: its holds on superseded objects that the live
+ * map no longer names retire at `lsn` (0: the current WAL position, for a
+ * process exiting), the others are dropped; its staged or old arrays are
+ * freed.  Holds are settled one at a time, each looked up in the forks
+ * table without the retiring table locked, so no two partition locks are
+ * ever held at once.
+ */
+static void
+settle_holds_of(int pid, uint64 lsn, int64 at)
+{
+	dshash_seq_status scan;
+	YzRetiringEntry *h;
+	YzForkEntry *e;
+
+	if (yz_retiring == NULL || yz_forks == NULL)
+		return;
+	for (;;)
+	{
+		YzRetiring	r;
+		bool		found = false;
+
+		dshash_seq_init(&scan, yz_retiring, false);
+		while ((h = dshash_seq_next(&scan)) != NULL)
+		{
+			if (h->r.lsn == 0 && h->r.owner_pid == pid)
+			{
+				r = h->r;
+				found = true;
+				break;
+			}
+		}
+		dshash_seq_term(&scan);
+		if (!found)
+			break;
+		if (r.hold == YZ_HOLD_SUPERSEDED && !fork_names(&r.seg))
+		{
+			h = dshash_find(yz_retiring, r.seg.object_id, true);
+			if (h != NULL)
+			{
+				h->r.lsn = lsn ? lsn : Max(position_now(), 1);
+				h->r.at = at ? at : (int64) time(NULL);
+				h->r.owner_pid = 0;
+				h->r.hold = YZ_HOLD_NONE;
+				dshash_release_lock(yz_retiring, h);
+			}
+		}
+		else
+			dshash_delete_key(yz_retiring, r.seg.object_id);
+	}
+	dshash_seq_init(&scan, yz_forks, true);
+	while ((e = dshash_seq_next(&scan)) != NULL)
+	{
+		if (e->next_owner == pid)
+		{
+			if (DsaPointerIsValid(e->next_segs))
+				dsa_free(yz_area, e->next_segs);
+			e->next_segs = InvalidDsaPointer;
+			e->next_nsegs = 0;
+			e->next_owner = 0;
+		}
+	}
+	dshash_seq_term(&scan);
+}
+
+void
+yz_map_unstage(uint64_t lsn, int64_t at)
+{
+	if (!ready())
+		return;
+	if (lsn == 0)
+	{
+		/* Aborted: nothing was retired; every hold goes. */
+		dshash_seq_status scan;
+		YzRetiringEntry *h;
+
+		dshash_seq_init(&scan, yz_retiring, true);
+		while ((h = dshash_seq_next(&scan)) != NULL)
+			if (h->r.lsn == 0 && h->r.owner_pid == MyProcPid)
+				dshash_delete_current(&scan);
+		dshash_seq_term(&scan);
+	}
+	settle_holds_of(MyProcPid, lsn, at);
+}
+
+void
+yz_map_add_retiring(const YzRetiring *r)
+{
+	put_retiring(r, 0, YZ_HOLD_NONE, true);
+}
+
+bool
+yz_map_clear_written(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
+					 uint32_t segno)
+{
+	YzForkEntry *e = find_fork(spc, db, rel, fork, true);
+	bool		changed = false;
+
+	if (e == NULL)
+		return false;
+	if (e->state == YZ_FORK_LIVE)
+	{
+		YzSegData  *s = (YzSegData *) find_seg(e, segno);
+
+		if (s != NULL && s->written)
+		{
+			s->written = false;
+			e->version++;
+			e->dirty = true;
+			changed = true;
+		}
+	}
+	dshash_release_lock(yz_forks, e);
+	if (changed)
+		bump();
+	return changed;
 }
 
 bool

@@ -106,6 +106,12 @@ has_remote(SMgrRelation reln)
 	return has_remote_slow(reln, gen);
 }
 
+uint16_t
+yz_page_checksum(const void *page, uint32_t blkno)
+{
+	return pg_checksum_page((char *) page, blkno);
+}
+
 /*
  * md's view of a segment's length (md_segment_blocks_hook): at least its
  * remote range, whatever the local file holds.  Called for every segment md

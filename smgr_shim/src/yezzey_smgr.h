@@ -141,7 +141,24 @@ typedef struct YzRetiring
 	int32_t		content;
 	uint64_t	lsn;			/* WAL position at or after it left */
 	int64_t		at;				/* Unix seconds */
+	/*
+	 * lsn 0: not retired but held while process owner_pid switches the
+	 * fork's map (yz_map_hold): garbage collection keeps it; no retired
+	 * record is written for it.
+	 */
+	int32_t		owner_pid;
+	uint8_t		hold;			/* YzHold */
 } YzRetiring;
+
+/* Why an object is held (YzRetiring.hold). */
+typedef enum YzHold
+{
+	YZ_HOLD_NONE = 0,
+	/* Being uploaded for the switch: the new map will name it. */
+	YZ_HOLD_NEW = 1,
+	/* Named by the live map; the switch will retire it. */
+	YZ_HOLD_SUPERSEDED = 2
+} YzHold;
 
 /* How much the map holds and takes. */
 typedef struct YzMapUsage
@@ -214,6 +231,38 @@ extern void yz_map_drop_retiring(const uint8_t *object_id);
  */
 extern bool yz_map_mark_written(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
 								uint32_t segno, uint32_t first);
+/*
+ * A re-offload's switch, in three steps around its WAL record.  Before it:
+ * yz_map_stage copies the new segment array into the LIVE fork's entry
+ * (false, changing nothing, if there is no LIVE fork, another switch is
+ * staged, or memory (within_limit: yezzey.max_map_memory) does not allow
+ * it), and yz_map_hold keeps objects from garbage collection meanwhile
+ * (entries of the retiring list with lsn 0, r->hold saying why; an ERROR
+ * if the list cannot grow).  With the record, yz_map_promote makes the
+ * staged array the fork's (head's lsn, clean_lsn, offloaded_at, writer and
+ * page_checksums with it; the written flags and remote ranges of segments
+ * it keeps unchanged are carried over): it touches only the fork's entry
+ * and allocates nothing, so it may run in a critical section.  After it,
+ * yz_map_unstage(..., lsn, at) retires the superseded objects at the
+ * record, drops the other holds and frees the old array; to abort,
+ * yz_map_unstage(..., 0, 0) drops every hold and the staged array.  A
+ * process stages one fork at a time; one that exits between the two is
+ * cleaned up as unstage would (superseded objects the live map no longer
+ * names retire at the current WAL position).
+ */
+extern bool yz_map_stage(const YzForkHead *head, const YzSegInfo *segs, uint32_t nsegs,
+						 bool within_limit);
+extern void yz_map_hold(const YzRetiring *r);
+extern bool yz_map_promote(const YzForkHead *head);
+extern void yz_map_unstage(uint64_t lsn, int64_t at);
+/* Adds (or updates) an object of the retiring list: redo of a switch that retired it. */
+extern void yz_map_add_retiring(const YzRetiring *r);
+/*
+ * Clears a segment's written flag once its local file holds nothing the
+ * object lacks (the caller has made sure nothing writes it meanwhile).
+ */
+extern bool yz_map_clear_written(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
+								 uint32_t segno);
 /* Clamps remote ranges to a fork's new length in blocks; returns segments changed. */
 extern int	yz_map_truncate(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
 							uint32_t nblocks, uint32_t blocks_per_segment);
@@ -234,6 +283,9 @@ extern uint32_t yz_blocks_per_segment(void);
  * exception: they pass without a checksum.
  */
 extern bool yz_host_verifies_pages(void);
+
+/* PostgreSQL's data checksum of a page at block `blkno` (storage/checksum.h). */
+extern uint16_t yz_page_checksum(const void *page, uint32_t blkno);
 
 /*
  * Implemented by the Rust extension; the C dispatch calls them only for
