@@ -6,6 +6,7 @@
 //! |---------|---------|---------------------------|--------------------------------------|
 //! | offload | OFFLOAD | the fork's pending map goes live | free local copies; map file |
 //! | forget  | FORGET  | the fork leaves; its objects retire | retired records (its map file goes at the next checkpoint) |
+//! | re-offload | REOFFLOAD | the fork's staged map replaces its live one; the objects it no longer names retire | free what the new objects hold locally; map file |
 //!
 //! **The failure policy.**
 //! 1. *Before the record* every failure aborts the switch: nothing is
@@ -20,7 +21,12 @@
 //!    record: it cannot be left half done. FORGET's (the fork leaves, its
 //!    objects go to the retiring list) needs memory for the retiring list:
 //!    if that fails the fork stays as it was, its objects stay referenced,
-//!    and the command errors; running it again completes it.
+//!    and the command errors; running it again completes it. REOFFLOAD's
+//!    change allocates nothing either: the new map was staged beside the
+//!    live one before the record, and the objects it supersedes were put
+//!    on the retiring list, held; they retire at the record right after
+//!    it (at the backend's exit if it dies in between, by redo after a
+//!    crash).
 //! 3. *After it*, every step is idempotent and best effort: the map file
 //!    (a failure keeps the fork dirty: [`crate::map::persist`]), freeing
 //!    the local copies (a failure keeps them: [`crate::map::evict`]).
@@ -54,8 +60,8 @@ use crate::{errors, fault, pg};
 use pgrx::PgSqlErrorCode;
 use serde::{Deserialize, Serialize};
 use shared::State;
-use yezzey_storage::key::{Lsn, RelFork};
-use yezzey_storage::state::map::ForkMap;
+use yezzey_storage::key::{Lsn, MemberId, RelFork};
+use yezzey_storage::state::map::{ForkMap, SegmentMeta};
 use yezzey_storage::state::unix_now;
 
 /// Custom resource manager id (128-255 are for extensions; see
@@ -64,6 +70,7 @@ use yezzey_storage::state::unix_now;
 pub const RMGR_ID: u8 = 160;
 const XLOG_YEZZEY_OFFLOAD: u8 = 0x10;
 const XLOG_YEZZEY_FORGET: u8 = 0x20;
+const XLOG_YEZZEY_REOFFLOAD: u8 = 0x30;
 
 /// A fork is local again: the offload made at `lsn` is undone (records
 /// written before this field existed undo whatever offload is there).
@@ -73,6 +80,23 @@ struct Forget {
     key: RelFork,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     lsn: Option<Lsn>,
+}
+
+/// A fork offloaded again (`api/reoffload.rs`): its new map (the segments
+/// it rewrote marked written), and the segments of the old one it no
+/// longer names, which retire at the record. They are in the record
+/// because nothing else durable names them once the map file says the new
+/// map: redo retires them again, whatever the map files say.
+#[derive(Debug, Serialize, Deserialize)]
+struct Reoffload {
+    map: ForkMap,
+    superseded: Vec<SegmentMeta>,
+    /// The writer of the superseded objects (the old map's).
+    superseded_writer: Option<MemberId>,
+    /// The primary held AccessExclusiveLock across the record (its
+    /// standby lock record comes first): redo may free the local pages the
+    /// new objects hold, as the primary did, with no reader in the way.
+    free_pages: bool,
 }
 
 /// OFFLOAD on the primary: `m` is the fork's pending map in the shared
@@ -111,10 +135,14 @@ fn apply_map(mut m: ForkMap) -> Option<ForkMap> {
     match shared::get(m.key) {
         // A later offload of this fork is already here (crash recovery).
         Some(cur) if cur.state != State::Pending && cur.map.lsn > m.lsn => return None,
-        Some(cur) if cur.state == State::Live && cur.map.lsn == m.lsn => {
-            m.evicted |= cur.map.evicted;
+        Some(cur) if cur.state == State::Live => {
+            if cur.map.lsn == m.lsn {
+                m.evicted |= cur.map.evicted;
+            }
+            // A segment the map shares with this one (the same offload, or
+            // one a re-offload kept) keeps its local writes and truncations.
             for s in &mut m.segments {
-                if let Some(c) = cur.map.segments.iter().find(|c| c.segno == s.segno) {
+                if let Some(c) = cur.map.segments.iter().find(|c| c.object_id == s.object_id) {
                     s.written |= c.written;
                     s.blocks = s.blocks.min(c.blocks);
                 }
@@ -145,6 +173,83 @@ fn after_offload(m: &ForkMap) {
         yezzey_smgr_shim::map::set_evicted(k.spc, k.db, k.rel, k.fork.as_i32());
     }
     fault::point("after_map");
+    persist::persist_or_warn(m.key);
+}
+
+/// REOFFLOAD on the primary: `m` is staged beside the fork's live map,
+/// its new objects uploaded, and `superseded` (the old map's segments it
+/// no longer names, written by `old_writer`) held; logs it and makes `m`
+/// live as one step, then retires `superseded` at the record. With
+/// `free_pages` the caller holds AccessExclusiveLock on the relation and
+/// has written out its buffers: the local pages the new objects hold are
+/// freed. Returns the record's position. Raises no ERROR once the record
+/// is written.
+pub fn reoffload(
+    m: &ForkMap,
+    superseded: &[SegmentMeta],
+    old_writer: Option<MemberId>,
+    free_pages: bool,
+) -> Lsn {
+    let r = Reoffload {
+        map: m.clone(),
+        superseded: superseded.to_vec(),
+        superseded_writer: old_writer,
+        free_pages,
+    };
+    let payload = serde_json::to_vec(&r).expect("serialising a record");
+    let head = shared::promotion(m);
+    let lsn = pg::xlog::log_and_apply(RMGR_ID, XLOG_YEZZEY_REOFFLOAD, &payload, true, |_| {
+        // Touches only the fork's entry, allocates nothing: staged before.
+        assert!(
+            shared::promote(&head),
+            "the staged map of {} vanished",
+            m.key
+        );
+    });
+    shared::unstage(Some(lsn));
+    fault::point("after_wal");
+    after_reoffload(m, &rewritten(m), free_pages);
+    lsn
+}
+
+/// The segments a re-offload's map says it rewrote.
+fn rewritten(m: &ForkMap) -> Vec<u32> {
+    m.segments
+        .iter()
+        .filter(|s| s.written)
+        .map(|s| s.segno)
+        .collect()
+}
+
+/// REOFFLOAD in redo.
+fn redo_reoffload(r: Reoffload, lsn: Lsn) {
+    let mut old = r.map.clone();
+    old.writer = r.superseded_writer;
+    let rewritten = rewritten(&r.map);
+    // Pages dirty in buffers are written under the map they were made
+    // with: a page newer than the old objects must reach the local file
+    // before the new clean LSN would take it for a page the objects hold.
+    pg::relation::flush_all_buffers(r.map.key);
+    let applied = apply_map(r.map);
+    // Named by no map since this record, whatever the map files say.
+    shared::add_retiring(&old, &r.superseded, lsn, unix_now());
+    match applied {
+        Some(m) => after_reoffload(&m, &rewritten, r.free_pages),
+        None => persist::persist_or_warn(old.key),
+    }
+}
+
+/// What follows a re-offload's switch: the local copies of the segments
+/// it kept freed (if an earlier eviction left them), with `free_pages` the
+/// pages the new objects hold freed from the segments it rewrote
+/// ([`evict::free_superseded_pages`]), then the map file. Never raises an
+/// ERROR.
+fn after_reoffload(m: &ForkMap, rewritten: &[u32], free_pages: bool) {
+    evict::free_unwritten(m);
+    fault::point("mid_reoffload_evict");
+    if free_pages {
+        evict::free_superseded_pages(m, rewritten);
+    }
     persist::persist_or_warn(m.key);
 }
 
@@ -198,6 +303,9 @@ pub fn redo(info: u8, data: &[u8], lsn: Lsn) {
     let result = match info {
         XLOG_YEZZEY_OFFLOAD => serde_json::from_slice::<ForkMap>(data).map(redo_offload),
         XLOG_YEZZEY_FORGET => serde_json::from_slice::<Forget>(data).map(|f| redo_forget(f, lsn)),
+        XLOG_YEZZEY_REOFFLOAD => {
+            serde_json::from_slice::<Reoffload>(data).map(|r| redo_reoffload(r, lsn))
+        }
         other => {
             errors::error(
                 PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
@@ -225,6 +333,7 @@ pub fn identify(info: u8) -> Option<&'static std::ffi::CStr> {
     match pg::xlog::info_type(info) {
         XLOG_YEZZEY_OFFLOAD => Some(c"OFFLOAD"),
         XLOG_YEZZEY_FORGET => Some(c"FORGET"),
+        XLOG_YEZZEY_REOFFLOAD => Some(c"REOFFLOAD"),
         _ => None,
     }
 }

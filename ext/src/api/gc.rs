@@ -292,18 +292,28 @@ struct LocalState {
 impl LocalState {
     fn read(dry_run: bool) -> LocalState {
         let state = pg::state();
-        let (mut uploading, mut referenced, mut dead) =
-            (HashSet::new(), HashSet::new(), Vec::new());
-        for f in shared::all() {
-            match f.state {
-                State::Pending => uploading.extend(f.map.object_names()),
-                // Maps of databases that no longer exist (forgotten before
-                // a collection; a dry run counts their objects as retired).
-                _ if dry_run && !pg::database_exists(f.map.key.db) => dead.push(f),
-                _ => referenced.extend(f.map.object_names()),
+        // The forks, then the retiring list, read again if a switch made
+        // between the two (a re-offload's promotion, whose holds on new
+        // objects go once the map names them) could hide an object.
+        let (uploading, mut referenced, dead) = loop {
+            let generation = yezzey_smgr_shim::map::generation();
+            let (mut uploading, mut referenced, mut dead) =
+                (HashSet::new(), HashSet::new(), Vec::new());
+            for f in shared::all() {
+                match f.state {
+                    State::Pending => uploading.extend(f.map.object_names()),
+                    // Maps of databases that no longer exist (forgotten
+                    // before a collection; a dry run counts their objects
+                    // as retired).
+                    _ if dry_run && !pg::database_exists(f.map.key.db) => dead.push(f),
+                    _ => referenced.extend(f.map.object_names()),
+                }
             }
-        }
-        referenced.extend(shared::retiring().into_iter().map(|(_, r)| r.name));
+            referenced.extend(shared::retiring().into_iter().map(|l| l.retired.name));
+            if yezzey_smgr_shim::map::generation() == generation {
+                break (uploading, referenced, dead);
+            }
+        };
         let dead_dbs: HashSet<u32> = dead.iter().map(|f| f.map.key.db).collect();
         for (key, m) in state.read_maps() {
             match m {

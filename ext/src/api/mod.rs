@@ -6,4 +6,5 @@ mod gc;
 mod load;
 mod offload;
 mod relations;
+mod reoffload;
 mod status;

@@ -1,6 +1,9 @@
 //! `yezzey_offload_relation`: upload a relation's files and free their
 //! local space; queries keep working unchanged.
 //!
+//! A relation offloaded before is offloaded again: only what changed since
+//! is uploaded (`reoffload.rs`), with no load back.
+//!
 //! Like VACUUM, it is not transactional: it refuses to run inside a
 //! transaction block (each relation it offloads stays offloaded whatever
 //! happens to the statement after), in a read-only transaction and during
@@ -43,6 +46,7 @@
 //! after reading the local file.
 
 use super::relations::{self, mb, Target};
+use super::reoffload;
 use crate::map::shared::{self, State};
 use crate::{errors, fault, fds, lineage, pg, settings, wal};
 use pgrx::prelude::*;
@@ -55,6 +59,7 @@ use yezzey_storage::runtime::block_on;
 use yezzey_storage::state::map::{ForkMap, SegmentMeta};
 use yezzey_storage::state::unix_now;
 use yezzey_storage::store::ObjectStore;
+use yezzey_storage::upload::Uploaded;
 
 /// Uploads a relation's files to object storage and frees their local space;
 /// queries keep working unchanged. Returns one row per relation offloaded
@@ -87,7 +92,7 @@ fn yezzey_offload_relation(
         refuse_unlogged_changes(t);
     }
     let mut rows = Vec::new();
-    for (i, t) in targets.iter().enumerate() {
+    for t in &targets {
         if let Some(f) = shared::get(t.key) {
             if f.state == State::Broken {
                 errors::error(
@@ -99,24 +104,39 @@ fn yezzey_offload_relation(
                     "Rebuild it first with SELECT * FROM yezzey_repair_maps().",
                 );
             }
-            if i == 0 && t.oid == rel.to_u32() {
+            if f.state == State::Pending {
                 errors::error(
-                    PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                    format!("relation \"{}\" is already offloaded", t.name),
-                    "Load it back first with yezzey_load_relation() to offload it again.",
+                    PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+                    format!("\"{}\" is being offloaded by another session", t.name),
+                    "Wait for it to finish.",
                 );
             }
-            notice!("yezzey: \"{}\" is already offloaded, skipping", t.name);
+            match reoffload::reoffload_one(&storage, t) {
+                Some(m) => rows.push(row(&t.name, &m, true)),
+                None => notice!("yezzey: \"{}\" is offloaded and unchanged since", t.name),
+            }
             continue;
         }
-        let m = offload_one(&storage, t);
-        let (raw, stored) = m
-            .as_ref()
-            .map_or((0, 0), |m| (m.raw_bytes(), m.stored_bytes()));
-        let segments = m.as_ref().map_or(0, |m| m.segments.len() as i32);
-        rows.push((t.name.clone(), segments, raw as i64, stored as i64));
+        match offload_one(&storage, t) {
+            Some(m) => rows.push(row(&t.name, &m, false)),
+            None => rows.push((t.name.clone(), 0, 0, 0)),
+        }
     }
     TableIterator::new(rows)
+}
+
+/// A result row: the relation, its segments, and the bytes uploaded now
+/// (raw and stored; a re-offload counts only the segments it rewrote).
+/// (A re-offload's map takes the segments it rewrote as written.)
+fn row(name: &str, m: &ForkMap, again: bool) -> (String, i32, i64, i64) {
+    let now = m.segments.iter().filter(|s| !again || s.written);
+    let (raw, stored) = now.fold((0, 0), |(r, s), x| (r + x.raw_len, s + x.stored_len));
+    (
+        name.to_string(),
+        m.segments.len() as i32,
+        raw as i64,
+        stored as i64,
+    )
 }
 
 /// Without logged hint bits a page can change without its LSN moving, and
@@ -215,6 +235,39 @@ fn advise_freeze(t: &Target, nblocks: u32) {
     }
 }
 
+/// Uploads segment `segno` of `t` (k of n) with `upload`: a failure is an
+/// ERROR naming the segment and the store; what it did, a NOTICE.
+pub(super) fn upload_segment(
+    storage: &settings::Storage,
+    t: &Target,
+    segno: u32,
+    (k, n): (usize, usize),
+    again: bool,
+    upload: impl FnOnce() -> yezzey_storage::Result<Uploaded>,
+) -> Uploaded {
+    let started = Instant::now();
+    let up = match upload() {
+        Ok(up) => up,
+        Err(e) => errors::report(
+            e,
+            &format!(
+                "could not offload segment {segno} of \"{}\" to {}",
+                t.name, storage.describe
+            ),
+        ),
+    };
+    let secs = started.elapsed().as_secs_f64().max(1e-6);
+    notice!(
+        "yezzey: offloaded \"{}\"{} segment {k}/{n}: {:.1} MB -> {:.1} MB ({:.0} MB/s)",
+        t.name,
+        if again { " again," } else { "" },
+        mb(up.trailer.raw_len),
+        mb(up.stored_len),
+        mb(up.trailer.raw_len) / secs
+    );
+    up
+}
+
 /// One relation's offload before its record: its pending map in the
 /// shared map, and the objects uploaded so far. Dropped before the record
 /// (an ERROR, a cancel), it deletes them and the pending map; once the
@@ -270,20 +323,9 @@ impl<'a> Uploads<'a> {
         let (t, s) = (self.t, &m.segments[i]);
         let name = m.object_name(s);
         self.uploaded.push(name);
-        let started = Instant::now();
-        let up = match self.upload_file(&pg::segment_path(t.key, s.segno), s.blocks, &name) {
-            Ok(up) => up,
-            Err(e) => {
-                let to = &self.storage.describe;
-                errors::report(
-                    e,
-                    &format!(
-                        "could not offload segment {} of \"{}\" to {to}",
-                        s.segno, t.name
-                    ),
-                );
-            }
-        };
+        let up = upload_segment(self.storage, t, s.segno, (k, n), false, || {
+            self.upload_file(&pg::segment_path(t.key, s.segno), s.blocks, &name)
+        });
         if up.trailer.raw_len != s.blocks as u64 * BLOCK_SIZE as u64 {
             errors::error(
                 PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
@@ -294,14 +336,6 @@ impl<'a> Uploads<'a> {
                 "Something wrote the file behind the server's back; try again.",
             );
         }
-        let secs = started.elapsed().as_secs_f64().max(1e-6);
-        notice!(
-            "yezzey: offloaded \"{}\" segment {k}/{n}: {:.1} MB -> {:.1} MB ({:.0} MB/s)",
-            t.name,
-            mb(up.trailer.raw_len),
-            mb(up.stored_len),
-            mb(up.trailer.raw_len) / secs
-        );
         (up.trailer.raw_len, up.stored_len)
     }
 

@@ -7,15 +7,21 @@ use crate::{errors, fds};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
+use yezzey_storage::key::ObjectId;
+use yezzey_storage::state::reoffload;
 
 /// The offload state of one relation: `local`, `offloaded`, `partially
-/// offloaded` (blocks were written since the offload and are local again),
-/// or `map damaged` (its map file was damaged or lost: reads fail until
-/// `yezzey_repair_maps()` rebuilds it), with local and remote sizes.
+/// offloaded` (blocks were written or appended since the offload and are
+/// local; `yezzey_offload_relation` offloads them again), or `map damaged`
+/// (its map file was damaged or lost: reads fail until
+/// `yezzey_repair_maps()` rebuilds it), with local and remote sizes, and
+/// the bytes a re-offload would upload now (the segments with anything
+/// local, whole).
 #[pg_extern(sql = r#"
 CREATE FUNCTION yezzey_relation_status(rel regclass)
 RETURNS TABLE (state text, segments int, logical_bytes bigint, local_bytes bigint, remote_bytes bigint,
-               objects int, offloaded_at timestamptz, offload_lsn pg_lsn, written_by text)
+               objects int, offloaded_at timestamptz, offload_lsn pg_lsn, written_by text,
+               reoffload_bytes bigint)
 STABLE PARALLEL SAFE STRICT LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 "#)]
 #[allow(clippy::type_complexity)] // pgrx needs the row type spelled out
@@ -33,6 +39,7 @@ fn yezzey_relation_status(
         name!(offloaded_at, Option<TimestampWithTimeZone>),
         name!(offload_lsn, Option<PgLsn>),
         name!(written_by, Option<String>),
+        name!(reoffload_bytes, i64),
     ),
 > {
     let Some(key) = pg::relation(rel.to_u32()).and_then(|r| r.main_fork()) else {
@@ -60,6 +67,7 @@ fn yezzey_relation_status(
             None,
             None,
             None,
+            0,
         ),
         None => (
             "local".to_string(),
@@ -71,10 +79,25 @@ fn yezzey_relation_status(
             None,
             None,
             None,
+            logical,
         ),
         Some(f) => {
             let m = f.map;
-            let state = if m.segments.iter().any(|s| s.written) {
+            let nblocks = (logical / yezzey_storage::key::BLOCK_SIZE as i64) as u32;
+            let segments = super::relations::segments_of(nblocks);
+            let me = crate::lineage::me_if_known()
+                .map(|x| x.member)
+                .or(m.writer)
+                .unwrap_or(yezzey_storage::key::MemberId(0));
+            let again = reoffload::plan(&m, &segments, me, ObjectId::random).map_or(0, |p| {
+                p.map
+                    .segments
+                    .iter()
+                    .filter(|s| p.rewrite.contains(&s.segno))
+                    .map(|s| s.blocks as i64 * yezzey_storage::key::BLOCK_SIZE as i64)
+                    .sum()
+            });
+            let state = if local > 0 || m.segments.iter().any(|s| s.written) {
                 "partially offloaded"
             } else {
                 "offloaded"
@@ -89,6 +112,7 @@ fn yezzey_relation_status(
                 pg::timestamptz(m.offloaded_at),
                 Some(PgLsn(m.lsn)),
                 m.writer.map(|w| w.to_string()),
+                again,
             )
         }
     };
@@ -149,6 +173,7 @@ fn yezzey_segments() -> TableIterator<
         name!(stored_bytes, i64),
         name!(written, bool),
         name!(offload_lsn, PgLsn),
+        name!(local_bytes, i64),
     ),
 > {
     let mut rows = Vec::new();
@@ -171,6 +196,7 @@ fn yezzey_segments() -> TableIterator<
                 s.stored_len as i64,
                 s.written,
                 PgLsn(m.lsn),
+                fds::transient(1, || evict::segment_local_bytes(m.key, s.segno) as i64),
             ));
         }
     }

@@ -5,7 +5,9 @@
 //! reads of such a segment's remote range never look at its local file,
 //! so freeing it (now, again after a crash, or in a copy made before the
 //! eviction finished) can never lose a byte; a written segment's file
-//! holds the only copy of its written blocks and is never touched.
+//! holds the only copy of its written blocks and is never touched, but
+//! by [`free_superseded_pages`] after a re-offload, which frees only the
+//! pages its new object holds.
 use crate::{fault, fds, pg};
 use std::fs::{self, OpenOptions};
 use std::io;
@@ -89,6 +91,93 @@ fn evict(path: &Path, blocks: u32) -> io::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// After a re-offload: frees, in the segments it rewrote (`rewritten`),
+/// every local page the new objects hold, that is every page whose LSN is
+/// at most the map's clean LSN (the new objects were read after the
+/// relation was flushed at that position, so they hold those pages or
+/// newer ones). A segment left with no other page is unwritten again: its
+/// file is truncated and its flag cleared (in this server's shared map
+/// only: each server judges its own files). Pages written since, which may
+/// hold what the objects lack (a reader pruning a page meanwhile), stay
+/// local and keep the segment written. Segments the re-offload kept are
+/// never touched: their objects are older than the clean LSN.
+///
+/// Nothing may write or read the fork's pages meanwhile, and none may be
+/// dirty in a buffer: on the primary the caller holds AccessExclusiveLock
+/// and wrote the buffers out; in redo the startup process holds the
+/// primary's lock too, and wrote them out. Never raises an ERROR; what it
+/// cannot free stays, and is read locally.
+pub fn free_superseded_pages(m: &ForkMap, rewritten: &[u32]) {
+    let k = m.key;
+    fds::transient(1, || {
+        for s in m.segments.iter().filter(|s| rewritten.contains(&s.segno)) {
+            let path = pg::segment_path(k, s.segno);
+            match free_pages_upto(&path, s.blocks, m.clean_lsn.0) {
+                Ok(true) => {
+                    map::clear_written(k.spc, k.db, k.rel, k.fork.as_i32(), s.segno);
+                }
+                Ok(false) => {}
+                Err(e) => pgrx::warning!(
+                    "yezzey: could not free the local copy of {}: {e}; it is read locally until the next re-offload",
+                    path.display()
+                ),
+            }
+        }
+    });
+}
+
+/// A page's LSN (`pd_lsn`: two native-endian 32-bit halves, high first).
+fn page_lsn(page: &[u8]) -> u64 {
+    let hi = u32::from_ne_bytes(page[0..4].try_into().unwrap());
+    let lo = u32::from_ne_bytes(page[4..8].try_into().unwrap());
+    (hi as u64) << 32 | lo as u64
+}
+
+/// Punches out the pages of a segment's first `blocks` blocks whose LSN is
+/// at most `upto`; true when the file then holds nothing (it is truncated
+/// to nothing: md takes the segment to be as long as its remote range).
+fn free_pages_upto(path: &Path, blocks: u32, upto: u64) -> io::Result<bool> {
+    use rustix::fs::{fallocate, FallocateFlags};
+    use std::os::unix::fs::FileExt;
+    let f = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    let bs = BLOCK_SIZE as u64;
+    let len = f.metadata()?.len();
+    let remote = blocks as u64 * bs;
+    let end = len.min(remote);
+    let mut kept = len > remote;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < end {
+        let n = ((end - pos) as usize).min(buf.len());
+        f.read_exact_at(&mut buf[..n], pos)?;
+        let mut i = 0;
+        while i < n {
+            let page = &buf[i..(i + BLOCK_SIZE).min(n)];
+            let used = page.iter().any(|&b| b != 0);
+            if used && page.len() == BLOCK_SIZE && page_lsn(page) <= upto {
+                fallocate(
+                    &f,
+                    FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                    pos + i as u64,
+                    bs,
+                )?;
+            } else if used {
+                kept = true;
+            }
+            i += BLOCK_SIZE;
+        }
+        pos += n as u64;
+    }
+    if !kept {
+        f.set_len(0)?;
+    }
+    Ok(!kept)
 }
 
 /// Bytes the files of a fork take on local disk (holes excluded).

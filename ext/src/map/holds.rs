@@ -26,9 +26,9 @@ pub fn holds(me: MemberId) -> Vec<String> {
         holds.extend(f.map.object_names().filter(|n| foreign(n, me)));
     }
     if !recovering {
-        for (_, r) in shared::retiring() {
-            if foreign(&r.name, me) {
-                holds.insert(r.name);
+        for l in shared::retiring() {
+            if foreign(&l.retired.name, me) {
+                holds.insert(l.retired.name);
             }
         }
         fds::transient(fds::STATE_OP, || {

@@ -151,11 +151,10 @@ fn retire_listed(
     state: &StateDir,
     want: impl Fn(&yezzey_smgr_shim::SegInfo) -> bool,
 ) -> io::Result<()> {
-    let list = yezzey_smgr_shim::map::retiring();
-    for (r, (id, rec)) in list.iter().zip(shared::retiring()) {
-        if want(&r.seg) {
-            state.record_one(id, &rec)?;
-            yezzey_smgr_shim::map::drop_retiring(&id.0);
+    for l in shared::retiring() {
+        if !l.held && want(&l.seg) {
+            state.record_one(l.id, &l.retired)?;
+            yezzey_smgr_shim::map::drop_retiring(&l.id.0);
         }
     }
     Ok(())

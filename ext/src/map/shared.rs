@@ -7,6 +7,7 @@ use yezzey_storage::key::{Fork, Lsn, MemberId, ObjectId, RelFork};
 use yezzey_storage::names::{ObjectName, SegmentId};
 use yezzey_storage::state::map::{ForkMap, SegmentMeta};
 use yezzey_storage::state::retired::Retired;
+use yezzey_storage::state::unix_now;
 
 /// What state a fork's map is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,8 +191,18 @@ pub fn of_database(db: u32) -> Vec<SharedFork> {
         .collect()
 }
 
-/// Objects leaving the map, with the retired records they get.
-pub fn retiring() -> Vec<(ObjectId, Retired)> {
+/// An entry of the retiring list: an object leaving the map, with the
+/// retired record it gets; or, while `held`, an object a switch in
+/// progress keeps from garbage collection (no record is written for it).
+pub struct Leaving {
+    pub id: ObjectId,
+    pub retired: Retired,
+    pub seg: SegInfo,
+    pub held: bool,
+}
+
+/// The retiring list.
+pub fn retiring() -> Vec<Leaving> {
     map::retiring()
         .iter()
         .map(|r| {
@@ -206,14 +217,78 @@ pub fn retiring() -> Vec<(ObjectId, Retired)> {
                 writer: writer(s.writer),
                 object_id: ObjectId(s.object_id),
             };
-            (
-                ObjectId(s.object_id),
-                Retired {
+            Leaving {
+                id: ObjectId(s.object_id),
+                retired: Retired {
                     name: name.relative(),
                     lsn: Lsn(r.lsn),
                     at: r.at,
                 },
-            )
+                seg: *s,
+                held: r.lsn == 0,
+            }
         })
         .collect()
+}
+
+/// The retiring-list entry of one of `m`'s segments.
+fn retiring_of(m: &ForkMap, s: &SegmentMeta, lsn: Lsn, at: i64, hold: u8) -> map::Retiring {
+    map::Retiring {
+        seg: seg_info(m, s),
+        content: m.content,
+        lsn: lsn.0,
+        at,
+        owner_pid: 0,
+        hold,
+    }
+}
+
+/// Keeps objects from garbage collection while this process switches a
+/// fork's map (ERRORs if the list cannot grow): `fresh`, segments of the
+/// new map `new` about to be uploaded, and `superseded`, segments of the
+/// live map `old` that the switch will retire. [`unstage`] ends the holds.
+pub fn hold(new: &ForkMap, fresh: &[SegmentMeta], old: &ForkMap, superseded: &[SegmentMeta]) {
+    for s in fresh {
+        map::hold(&retiring_of(new, s, Lsn(0), 0, map::HOLD_NEW));
+    }
+    for s in superseded {
+        map::hold(&retiring_of(old, s, Lsn(0), 0, map::HOLD_SUPERSEDED));
+    }
+}
+
+/// Stages `m` as the LIVE fork's next map; false (nothing changed) if the
+/// fork is not live, another switch is staged, or memory does not allow
+/// it (with `within_limit`, yezzey.max_map_memory).
+pub fn stage(m: &ForkMap, within_limit: bool) -> bool {
+    let (head, segs) = head_of(m, State::Live, true);
+    map::stage(&head, &segs, within_limit)
+}
+
+/// What [`promote`] needs of `m`, made before the critical section.
+pub fn promotion(m: &ForkMap) -> ForkHead {
+    head_of(m, State::Live, true).0
+}
+
+/// Makes the staged map (its head made by [`promotion`]) the fork's.
+/// Allocates nothing: runs in the record's critical section.
+pub fn promote(head: &ForkHead) -> bool {
+    map::promote(head)
+}
+
+/// Ends this process's switch: after a promotion (`Some(lsn)`) the
+/// superseded objects retire at the record; aborted (`None`), every hold
+/// and the staged map go.
+pub fn unstage(promoted_at: Option<Lsn>) {
+    match promoted_at {
+        Some(lsn) => map::unstage(lsn.0, unix_now()),
+        None => map::unstage(0, 0),
+    }
+}
+
+/// Puts `m`'s segments `segs` on the retiring list at `lsn` (redo of a
+/// switch that retired them).
+pub fn add_retiring(m: &ForkMap, segs: &[SegmentMeta], lsn: Lsn, at: i64) {
+    for s in segs {
+        map::add_retiring(&retiring_of(m, s, lsn, at, 0));
+    }
 }

@@ -115,3 +115,90 @@ pub fn rewrite_logged(oid: u32, blocks: Range<u32>, page_std: bool) {
         pg_sys::relation_close(rel, pg_sys::NoLock as i32);
     }
 }
+
+/// Copies blocks `first..` of the main fork into `out` (whole pages)
+/// through the buffer manager, so that each page is read as PostgreSQL
+/// has it now (its newest version, never torn by a concurrent write), from
+/// wherever the storage manager finds it. When the cluster has data
+/// checksums, each copy gets its checksum (pages in buffers carry a stale
+/// one until written out). Caller holds a lock that keeps writers out.
+pub fn copy_pages(oid: u32, first: u32, out: &mut [u8], strategy: &BulkRead) {
+    let bs = pg_sys::BLCKSZ as usize;
+    let checksums = super::data_checksums();
+    // SAFETY: the relation is locked by the caller; each buffer is pinned
+    // and share-locked while its page is copied.
+    unsafe {
+        let rel = pg_sys::relation_open(oid.into(), pg_sys::NoLock as i32);
+        for (i, page) in out.chunks_exact_mut(bs).enumerate() {
+            let blkno = first + i as u32;
+            let buf = pg_sys::ReadBufferExtended(
+                rel,
+                pg_sys::ForkNumber::MAIN_FORKNUM,
+                blkno,
+                pg_sys::ReadBufferMode::RBM_NORMAL,
+                strategy.0,
+            );
+            pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_SHARE as i32);
+            let src = pg_sys::BufferBlocks.add((buf as usize - 1) * bs) as *const u8;
+            std::ptr::copy_nonoverlapping(src, page.as_mut_ptr(), bs);
+            pg_sys::UnlockReleaseBuffer(buf);
+            const UPPER: usize = std::mem::offset_of!(pg_sys::PageHeaderData, pd_upper);
+            const SUM: usize = std::mem::offset_of!(pg_sys::PageHeaderData, pd_checksum);
+            let is_new = page[UPPER] == 0 && page[UPPER + 1] == 0;
+            if checksums && !is_new {
+                let sum = yezzey_smgr_shim::page_checksum(page, blkno);
+                page[SUM..SUM + 2].copy_from_slice(&sum.to_ne_bytes());
+            }
+        }
+        pg_sys::relation_close(rel, pg_sys::NoLock as i32);
+    }
+}
+
+/// A bulk-read buffer strategy (a small ring of buffers), so that a copy
+/// of a whole relation does not push everything else out of shared buffers.
+pub struct BulkRead(pg_sys::BufferAccessStrategy);
+
+impl BulkRead {
+    pub fn new() -> BulkRead {
+        // SAFETY: allocates a strategy in the current memory context.
+        BulkRead(unsafe {
+            pg_sys::GetAccessStrategy(pg_sys::BufferAccessStrategyType::BAS_BULKREAD)
+        })
+    }
+}
+
+impl Drop for BulkRead {
+    fn drop(&mut self) {
+        // SAFETY: the strategy this value allocated.
+        unsafe { pg_sys::FreeAccessStrategy(self.0) };
+    }
+}
+
+/// Takes AccessExclusiveLock on a relation (whose weaker lock the caller
+/// holds), so that nothing else reads or writes its pages; waits for
+/// readers to finish for up to `patience` and gives up (false) rather than
+/// wait longer or risk a deadlock, as VACUUM does before truncating a
+/// table. Let go of it with [`release_access_exclusive`].
+pub fn try_access_exclusive(oid: u32, patience: std::time::Duration) -> bool {
+    let lock = pg_sys::AccessExclusiveLock as i32;
+    let start = std::time::Instant::now();
+    loop {
+        // SAFETY: a conditional lock request.
+        if unsafe { pg_sys::ConditionalLockRelationOid(oid.into(), lock) } {
+            return true;
+        }
+        if start.elapsed() >= patience {
+            return false;
+        }
+        pgrx::check_for_interrupts!();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Lets go of the AccessExclusiveLock [`try_access_exclusive`] took before
+/// the transaction ends (the caller's weaker lock stays). Standbys keep
+/// theirs until the transaction ends.
+pub fn release_access_exclusive(oid: u32) {
+    // SAFETY: the lock taken by try_access_exclusive.
+    unsafe { pg_sys::UnlockRelationOid(oid.into(), pg_sys::AccessExclusiveLock as i32) };
+}

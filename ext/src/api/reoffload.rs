@@ -1,0 +1,267 @@
+//! Re-offloading a relation that changed since its offload: only the
+//! segments with anything local are uploaded again, with no load back.
+//! Reached through `yezzey_offload_relation` on a relation that is
+//! offloaded already (`offload.rs` takes the lock and the checks).
+//!
+//! Per fork, holding ExclusiveLock (as the first offload):
+//!   1. note the WAL insert position (the new *clean LSN*), flush the
+//!      relation's dirty buffers, then read the fork's live map (the flush
+//!      marks the segments whose pages it writes);
+//!   2. plan ([`yezzey_storage::state::reoffload`]): segments written
+//!      since, grown past their object's range, or new get a new object;
+//!      the others keep theirs; objects of rewritten or vanished segments
+//!      are *superseded*;
+//!   3. hold the new objects and the superseded ones in the shared map's
+//!      retiring list (garbage collection keeps them; nothing uploaded
+//!      yet if that fails);
+//!   4. upload each rewritten segment as one object, copying its pages
+//!      through the buffer manager: each page as PostgreSQL has it, local
+//!      or read from the old object, never torn by a reader writing it out;
+//!   5. stage the new map beside the live one (refused, before anything
+//!      is logged, past `yezzey.max_map_memory`);
+//!   6. take AccessExclusiveLock, waiting up to 5 s for readers (as VACUUM
+//!      does to truncate), and write the relation's buffers out; if readers
+//!      stay, go on without it;
+//!   7. WAL-log REOFFLOAD (the new map, the superseded segments, and
+//!      whether the lock is held) and make the staged map live, as one
+//!      step (`wal.rs`: the point of no return); then retire the
+//!      superseded objects at the record;
+//!   8. with the lock, free the local pages of the rewritten segments that
+//!      the new objects hold (LSN at most the clean LSN); let go of the
+//!      lock; write the map file.
+//!
+//! **If a step fails.** Before 7 the re-offload aborts: the uploaded
+//! objects are deleted, the staged map and the holds dropped (also when
+//! the backend exits with a FATAL); the old map stays live, and the local
+//! files were never touched. After 7 nothing raises an ERROR: the new map
+//! is in effect here (shared map), on standbys (the record) and after a
+//! crash (replay from the last checkpoint, which cannot complete until the
+//! map file is written). Rewritten segments are taken as *written* until
+//! step 8 frees their pages, so without it (no lock, a failed punch)
+//! reads go to the local file first, where every page is as new as the
+//! object's or newer. A backend that dies between the record and the
+//! retirement of the superseded objects retires them at its exit; a crash
+//! there replays the record, which retires them again.
+//!
+//! **What each party sees.** A standby replays REOFFLOAD into its own
+//! shared map after writing out its buffers under the old map, retires
+//! the superseded objects at the record, and (if the primary held the
+//! lock, which the standby then holds too) frees its own local pages the
+//! new objects hold. A primary that crashes after 7 replays the record
+//! whatever its map file says (older or newer), so the superseded objects
+//! are retired from the record; they never become unreferenced without a
+//! retirement, which garbage collection holds for standbys that have not
+//! replayed it, for backups that started before it, and for
+//! `yezzey.gc_retention`. A crash before 7 leaves the uploaded objects to
+//! garbage collection and the relation as it was. Garbage collection reads
+//! the shared map and its retiring list again if a switch happened in
+//! between, so it never misses the new objects.
+//!
+//! **Pages written meanwhile.** Readers may write pages of the relation
+//! while it is copied (hint bits with an LSN moved by a full-page image,
+//! or pruning): such a page has an LSN past the clean LSN, so step 8
+//! keeps it local; a kept segment written meanwhile keeps its written
+//! flag (the promotion carries it over).
+//!
+//! **Left as is.** The critical section of step 7 touches the fork's
+//! entry in dynamic shared memory; if another process grew the map's area
+//! since this one last looked, mapping the new segment allocates, and a
+//! failure there is a PANIC (then crash recovery replays the record). The
+//! first offload's switch shares this.
+
+use super::relations::{self, mb, Target};
+use crate::map::shared::{self, State};
+use crate::{errors, fault, lineage, pg, settings, wal};
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use std::time::Duration;
+use yezzey_storage::key::{Lsn, ObjectId, BLOCK_SIZE};
+use yezzey_storage::names::ObjectName;
+use yezzey_storage::runtime::block_on;
+use yezzey_storage::state::map::ForkMap;
+use yezzey_storage::state::reoffload;
+use yezzey_storage::state::unix_now;
+use yezzey_storage::store::ObjectStore;
+use yezzey_storage::upload::Upload;
+
+/// How long step 7 waits for readers to leave the relation.
+const READERS_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Re-offloads one relation's main fork, whose map is live; the new map,
+/// or `None` when nothing changed since.
+pub fn reoffload_one(storage: &settings::Storage, t: &Target) -> Option<ForkMap> {
+    let clean_lsn = pg::insert_lsn();
+    let nblocks = relations::flush(t);
+    // Read after the flush: pages written out by it mark their segments.
+    let cur = shared::get(t.key).filter(|f| f.state == State::Live)?;
+    let segments = relations::segments_of(nblocks);
+    let me = lineage::me().member;
+    let plan = reoffload::plan(&cur.map, &segments, me, ObjectId::random)?;
+    let mut m = plan.map;
+    m.clean_lsn = clean_lsn;
+    m.evicted = false;
+    // Copies get checksums when the cluster has them; kept objects have
+    // theirs if the old map says so.
+    let all_new = plan.rewrite.len() == m.segments.len();
+    m.page_checksums = pg::data_checksums() && (cur.map.page_checksums || all_new);
+    let mut job = Job::hold(storage, t, &cur.map, &m, &plan.superseded);
+    let n = plan.rewrite.len();
+    for (k, &segno) in plan.rewrite.iter().enumerate() {
+        fault::point("before_upload");
+        let i = m.segments.iter().position(|s| s.segno == segno).unwrap();
+        let (raw, stored) = job.segment(&m, i, (k + 1, n));
+        m.segments[i].raw_len = raw;
+        m.segments[i].stored_len = stored;
+    }
+    fault::point("after_upload");
+    m.lsn = pg::insert_lsn();
+    m.offloaded_at = unix_now();
+    job.stage(&m);
+    // Freeing the pages the new objects hold needs the relation to itself;
+    // taken before the record, so standbys take it (from its lock record)
+    // before they replay the record and free theirs.
+    let locked = pg::relation::try_access_exclusive(t.oid, READERS_PATIENCE);
+    if locked {
+        pg::relation::flush_all_buffers(t.key);
+    } else {
+        notice!(
+            "yezzey: \"{}\" stayed in use for {} s: the local pages of its rewritten segments are freed by its next re-offload",
+            t.name,
+            READERS_PATIENCE.as_secs()
+        );
+    }
+    job.label = m.lsn;
+    wal::reoffload(&m, &plan.superseded, cur.map.writer, locked);
+    if locked {
+        pg::relation::release_access_exclusive(t.oid);
+    }
+    Some(m)
+}
+
+/// One fork's re-offload before its record: the holds, the objects
+/// uploaded so far, the staged map. Dropped before the record (an ERROR,
+/// a cancel), it deletes the objects and drops the rest; once the record
+/// is written it does nothing.
+struct Job<'a> {
+    storage: &'a settings::Storage,
+    t: &'a Target,
+    uploaded: Vec<ObjectName>,
+    /// The new map's label once staged: the live map has it after the record.
+    label: Lsn,
+}
+
+impl<'a> Job<'a> {
+    /// Holds the objects about to be uploaded and the superseded ones.
+    fn hold(
+        storage: &'a settings::Storage,
+        t: &'a Target,
+        old: &ForkMap,
+        new: &ForkMap,
+        superseded: &[yezzey_storage::state::map::SegmentMeta],
+    ) -> Job<'a> {
+        let job = Job {
+            storage,
+            t,
+            uploaded: Vec::new(),
+            label: Lsn(0),
+        };
+        let fresh: Vec<_> = new
+            .segments
+            .iter()
+            .filter(|s| !old.segments.iter().any(|o| o.object_id == s.object_id))
+            .cloned()
+            .collect();
+        shared::hold(new, &fresh, old, superseded);
+        job
+    }
+
+    /// Stages the new map: refused past yezzey.max_map_memory, before
+    /// anything is logged.
+    fn stage(&self, m: &ForkMap) {
+        if !shared::stage(m, true) {
+            let u = yezzey_smgr_shim::map::usage();
+            errors::error(
+                PgSqlErrorCode::ERRCODE_OUT_OF_MEMORY,
+                format!(
+                    "cannot offload \"{}\" again: the map of offloaded segments would grow past yezzey.max_map_memory ({:.0} MB)",
+                    self.t.name,
+                    mb(u.limit)
+                ),
+                "Raise yezzey.max_map_memory (a reload is enough). Nothing changed; the objects uploaded were deleted.",
+            );
+        }
+    }
+
+    /// Uploads segment `i` of `m` from the relation's pages; its raw and
+    /// stored sizes.
+    fn segment(&mut self, m: &ForkMap, i: usize, (k, n): (usize, usize)) -> (u64, u64) {
+        let (t, s) = (self.t, &m.segments[i]);
+        let name = m.object_name(s);
+        self.uploaded.push(name);
+        let up = super::offload::upload_segment(self.storage, t, s.segno, (k, n), true, || {
+            self.upload_pages(s.segno, s.blocks, &name)
+        });
+        (up.trailer.raw_len, up.stored_len)
+    }
+
+    /// Blocks `0..blocks` of segment `segno`, copied through the buffer
+    /// manager a frame at a time, as object `name`. The upload is aborted
+    /// (nothing left under the name) if the copy or the store fails.
+    fn upload_pages(
+        &self,
+        segno: u32,
+        blocks: u32,
+        name: &ObjectName,
+    ) -> yezzey_storage::Result<yezzey_storage::upload::Uploaded> {
+        let st = self.storage;
+        let relative = name.relative();
+        let mut up = block_on(Upload::start(
+            &st.store,
+            &relative,
+            name.object_id.0,
+            &st.keys,
+            &st.upload,
+        ))?;
+        let guard = AbortOnDrop(&mut up);
+        let per_chunk = (st.upload.format.frame_size as usize / BLOCK_SIZE).max(1) as u32;
+        let first = segno * pg::blocks_per_segment();
+        let strategy = pg::relation::BulkRead::new();
+        let mut buf = vec![0u8; per_chunk as usize * BLOCK_SIZE];
+        let mut at = 0;
+        while at < blocks {
+            pgrx::check_for_interrupts!();
+            let n = per_chunk.min(blocks - at);
+            let chunk = &mut buf[..n as usize * BLOCK_SIZE];
+            pg::relation::copy_pages(self.t.oid, first + at, chunk, &strategy);
+            block_on(guard.0.push(chunk))?;
+            at += n;
+        }
+        std::mem::forget(guard);
+        block_on(up.finish())
+    }
+}
+
+/// Aborts an upload left behind by an ERROR (which unwinds through here).
+struct AbortOnDrop<'a>(&'a mut Upload);
+
+impl Drop for AbortOnDrop<'_> {
+    fn drop(&mut self) {
+        block_on(self.0.abort());
+    }
+}
+
+impl Drop for Job<'_> {
+    fn drop(&mut self) {
+        let k = self.t.key;
+        let logged = self.label != Lsn(0)
+            && shared::get(k).is_some_and(|f| f.state == State::Live && f.map.lsn == self.label);
+        if logged {
+            return; // the objects are the map's
+        }
+        // The objects first, then the holds on them.
+        for n in self.uploaded.drain(..) {
+            let _ = block_on(self.storage.store.delete(&n.relative()));
+        }
+        shared::unstage(None);
+    }
+}
