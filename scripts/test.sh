@@ -65,6 +65,8 @@ suite "backups: pg_basebackup and Barman carry local bytes only; GC knows every 
     python3 "$YZ_ROOT/tests/test_backup.py"
 suite "yezzey's own files failing, damaged state, copies GC must know about (tests/test_state.py)" \
     python3 "$YZ_ROOT/tests/test_state.py"
+suite "offloading again what changed: rounds, standby, backup, kill -9 (tests/test_reoffload.py)" \
+    python3 "$YZ_ROOT/tests/test_reoffload.py"
 suite "PostgreSQL regression suite (installcheck, yezzey preloaded)" bash "$YZ_ROOT/tests/run-pg-regress.sh"
 
 echo

@@ -1,0 +1,221 @@
+"""Offloading again what changed (issue 20): a relation written, shrunk by
+VACUUM and grown at its end after its offload is offloaded again without
+a load back; standbys, crash recovery, backups and GC follow.
+
+Every check compares full-table checksums with a local mirror (the same
+rows, changed by the same statements, never offloaded), and amcheck.
+"""
+import random
+import subprocess
+import time
+import unittest
+
+import yz
+from yz import MAIN, make_table
+
+ROWS = 700_000
+
+
+def change(c, table, r):
+    """Round r's changes: scattered updates, deletes (then VACUUM), and
+    rows appended at the end; on the table and its mirror alike."""
+    for t in (table, f"{table}_m"):
+        c.q(f"""UPDATE {t} SET amount = -{r}, note = note || '+{r}' WHERE id % 997 = {r};
+DELETE FROM {t} WHERE id % 1009 = {r};
+INSERT INTO {t}
+SELECT g, date '2024-01-01' + (g % 365), g / 7.0, md5(g::text) || '{r}'
+  FROM generate_series({ROWS + r * 10_000}, {ROWS + r * 10_000 + 4_999}) g;
+VACUUM {t};""")
+
+
+def heap_and_index_ok(c, table):
+    c.q(f"SELECT bt_index_check('{table}_pkey', true)")
+    return c.q(f"SELECT count(*) FROM verify_heapam('{table}')") == "0"
+
+
+class Reoffload(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        MAIN.init().start()
+        MAIN.q("CREATE EXTENSION yezzey; CREATE EXTENSION amcheck")
+
+    @classmethod
+    def tearDownClass(cls):
+        MAIN.stop(check=False)
+
+    def mirrored(self, name, rows=ROWS):
+        make_table(MAIN, name, rows=rows)
+        MAIN.q(f"DROP TABLE IF EXISTS {name}_m; CREATE TABLE {name}_m AS SELECT * FROM {name}; "
+               f"ALTER TABLE {name}_m ADD PRIMARY KEY (id); VACUUM (FREEZE) {name}; "
+               f"SELECT * FROM yezzey_offload_relation('{name}')")
+        self.same(MAIN, name)
+
+    def same(self, c, name, why=""):
+        self.assertEqual(c.checksum(name), MAIN.checksum(f"{name}_m"), f"{c.name}: {name} {why}")
+
+    def assert_no_garbage_after_gc(self):
+        MAIN.q("SELECT * FROM yezzey_gc()")
+        self.assertEqual(yz.store_yz_objects(MAIN.system_id()), MAIN.referenced_objects())
+
+    def test_rounds_of_changes_with_a_standby_and_a_backup(self):
+        """Several rounds of updates, deletes with VACUUM and appends, each
+        offloaded again: the rows stay those of the mirror on the primary
+        and on a standby, amcheck is clean, nothing is local afterwards
+        (also on the standby), a base backup taken between two rounds
+        restores to its rows after later rounds and GC, and GC then keeps
+        exactly what a map, the backup or nothing else needs."""
+        self.mirrored("ev")
+        size = int(MAIN.q("SELECT pg_relation_size('ev_m')"))
+        self.assertGreater(size, 80 << 20)
+        standby = MAIN.standby("ro_standby", yz.other_port(1))
+        copy = None
+        # Base backups are kept for an hour (these servers keep none by default).
+        MAIN.q("ALTER SYSTEM SET yezzey.backup_retention = '1h'; SELECT pg_reload_conf()")
+        try:
+            standby.start()
+            backup_rows = None
+            for r in range(1, 5):
+                change(MAIN, "ev", r)
+                state, local = MAIN.status("ev")
+                self.assertEqual(state, "partially offloaded")
+                self.assertGreater(local, 0)
+                again = int(MAIN.q("SELECT reoffload_bytes FROM yezzey_relation_status('ev')"))
+                self.assertGreater(again, 0)
+                old = MAIN.referenced_objects()
+                t0 = time.time()
+                out = MAIN.psql("SELECT relation, local_bytes, remote_bytes FROM yezzey_offload_relation('ev')")
+                took = time.time() - t0
+                uploaded = {row.split("|")[0]: int(row.split("|")[1]) for row in out.stdout.split()}
+                print(f"\n  round {r}: {local / 2**20:.1f} MB local -> re-offloaded {uploaded} in {took:.1f}s")
+                self.assertEqual(uploaded["ev"], again, "a re-offload uploads what status announced")
+                self.assertEqual(MAIN.status("ev"), ("offloaded", 0), f"round {r}")
+                self.assertEqual(MAIN.q("SELECT reoffload_bytes FROM yezzey_relation_status('ev')"), "0")
+                self.assertNotEqual(MAIN.referenced_objects(), old, "new objects")
+                self.same(MAIN, "ev", f"round {r}")
+                self.assertTrue(heap_and_index_ok(MAIN, "ev"), f"round {r}: verify_heapam")
+                standby.caught_up_with(MAIN)
+                self.same(standby, "ev", f"round {r}")
+                self.assertEqual(standby.status("ev"), ("offloaded", 0), f"standby, round {r}")
+                if r == 2:
+                    copy = MAIN.backup("ro_backup", yz.other_port(2))
+                    backup_rows = MAIN.checksum("ev_m")
+            MAIN.restart(wipe_cache=True)
+            self.same(MAIN, "ev", "after a restart with an empty cache")
+            self.assertTrue(heap_and_index_ok(MAIN, "ev"))
+            standby.restart(wipe_cache=True)
+            standby.caught_up_with(MAIN)
+            self.same(standby, "ev", "after a restart with an empty cache")
+            # GC keeps what the backup (taken before rounds 3 and 4) needs.
+            MAIN.q("CHECKPOINT; SELECT * FROM yezzey_gc()")
+            self.assertIn("retired after the backup", MAIN.q(
+                "SELECT string_agg(DISTINCT reason, ';') FROM yezzey_gc_plan() WHERE verdict = 'hold'"))
+            copy.start()
+            self.assertEqual(copy.checksum("ev"), backup_rows, "the backup between two re-offloads")
+            copy.restart(wipe_cache=True)
+            self.assertEqual(copy.checksum("ev"), backup_rows)
+            self.assertTrue(heap_and_index_ok(copy, "ev"))
+            gone = copy.member()
+        finally:
+            MAIN.q("ALTER SYSTEM RESET yezzey.backup_retention; SELECT pg_reload_conf()")
+            standby.remove()
+            if copy:
+                copy.remove()
+        # The standby and the restored copy are gone for good, the backups
+        # expired: GC keeps exactly what this cluster's maps name.
+        MAIN.q(f"SELECT yezzey_forget_member('{gone}')")
+        time.sleep(0.3)
+        self.assert_no_garbage_after_gc()
+        self.same(MAIN, "ev", "after GC")
+
+    def test_readers_during_a_reoffload(self):
+        """Queries running all along a re-offload (setting hint bits,
+        pruning pages) see the same rows; the relation ends offloaded, at
+        once or by the next re-offload if readers kept it busy."""
+        self.mirrored("busy", rows=300_000)
+        change(MAIN, "busy", 1)
+        reader = subprocess.Popen(
+            ["bash", "-c", f"for i in $(seq 200); do psql -XAtq -p {MAIN.port} -c "
+             "'SELECT count(*), sum(amount) FROM busy WHERE id % 3 = 0' || exit 1; done"],
+            env=yz.ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            MAIN.q("SELECT * FROM yezzey_offload_relation('busy')")
+        finally:
+            reader.kill()
+            reader.wait()
+        self.same(MAIN, "busy", "with readers")
+        if MAIN.status("busy")[0] != "offloaded":
+            MAIN.q("SELECT * FROM yezzey_offload_relation('busy')")
+        self.assertEqual(MAIN.status("busy"), ("offloaded", 0))
+        MAIN.restart(wipe_cache=True)
+        self.same(MAIN, "busy")
+        self.assertTrue(heap_and_index_ok(MAIN, "busy"))
+
+    def test_crash_at_each_step_and_at_random_moments(self):
+        """kill -9 at each step of a re-offload and at random moments of
+        one: afterwards the rows are the mirror's, the relation offloaded
+        or partially offloaded, offloading again finishes, and GC finds
+        every object a killed upload left."""
+        self.mirrored("cr", rows=400_000)
+        MAIN.q("CHECKPOINT")
+        # How long a re-offload takes, to pick moments within it.
+        change(MAIN, "cr", 1)
+        t0 = time.time()
+        MAIN.q("SELECT * FROM yezzey_offload_relation('cr')")
+        took = time.time() - t0
+        outcomes = []
+        moments = [("point", p) for p in ("before_upload", "after_upload", "after_wal", "mid_reoffload_evict")]
+        moments += [("at", random.uniform(0, took * 1.1)) for _ in range(3)]
+        for r, (kind, what) in enumerate(moments, start=2):
+            change(MAIN, "cr", r)
+            if kind == "point":
+                res = MAIN.psql(f"SET yezzey.fault_injection = '{what}'; "
+                                "SELECT * FROM yezzey_offload_relation('cr')", check=False)
+                self.assertNotEqual(res.returncode, 0, f"fault {what} did not fire")
+                MAIN.crash()
+            else:
+                p = yz.offload_in_background(MAIN, "cr")
+                time.sleep(what)
+                MAIN.crash()
+                p.wait()
+                what = f"{what:.2f}s"
+            res = MAIN.start(check=False)
+            self.assertEqual(res.returncode, 0, f"start failed after a kill at {what}{MAIN.log_tail()}")
+            state = MAIN.status("cr")[0]
+            outcomes.append((what, state))
+            self.assertIn(state, ("offloaded", "partially offloaded"), what)
+            self.same(MAIN, "cr", f"after a kill at {what}")
+            MAIN.q("SELECT * FROM yezzey_offload_relation('cr')")
+            self.assertEqual(MAIN.status("cr"), ("offloaded", 0), what)
+            MAIN.restart(wipe_cache=True)
+            self.same(MAIN, "cr", f"kill at {what}, offloaded again, restarted")
+            self.assertTrue(heap_and_index_ok(MAIN, "cr"), what)
+            self.assert_no_garbage_after_gc()
+        print(f"\n  a re-offload took {took:.2f}s; kills and outcomes: {outcomes}")
+
+    def test_refused_before_the_record_leaves_it_as_it_was(self):
+        """A re-offload refused for want of map memory (after uploading,
+        before its record) changes nothing and leaves nothing in the store
+        after GC."""
+        self.mirrored("lim", rows=50_000)
+        change(MAIN, "lim", 1)
+        before = MAIN.referenced_objects()
+        MAIN.q("ALTER SYSTEM SET yezzey.max_map_memory = '64kB'; SELECT pg_reload_conf()")
+        time.sleep(0.3)
+        try:
+            e = MAIN.error_of("SELECT * FROM yezzey_offload_relation('lim')")
+        finally:
+            MAIN.q("ALTER SYSTEM RESET yezzey.max_map_memory; SELECT pg_reload_conf()")
+            time.sleep(0.3)
+        self.assertIn("53200", e)
+        self.assertIn("again", e)
+        self.assertEqual(MAIN.referenced_objects(), before)
+        self.assertEqual(MAIN.status("lim")[0], "partially offloaded")
+        self.same(MAIN, "lim")
+        self.assert_no_garbage_after_gc()
+        MAIN.q("SELECT * FROM yezzey_offload_relation('lim')")
+        self.assertEqual(MAIN.status("lim"), ("offloaded", 0))
+        self.same(MAIN, "lim")
+
+
+if __name__ == "__main__":
+    yz.run(__name__)
