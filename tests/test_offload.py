@@ -325,7 +325,7 @@ INSERT INTO events SELECT g, date '2023-01-01' + (g % 700), md5(g::text) FROM ge
         MAIN.q("SELECT * FROM yezzey_offload_relation('twice')")
         # Offloading it again with nothing changed uploads nothing.
         before = yz.store_yz_objects(MAIN.system_id())
-        r = MAIN.psql("SELECT count(*) FROM yezzey_offload_relation('twice')")
+        r = MAIN.psql("SELECT count(*) FROM yezzey_offload_relation('twice') WHERE local_bytes > 0")
         self.assertIn("unchanged since", r.stderr)
         self.assertEqual(r.stdout.strip(), "0")
         self.assertEqual(yz.store_yz_objects(MAIN.system_id()), before)
