@@ -198,15 +198,24 @@ pub fn reoffload(
     };
     let payload = serde_json::to_vec(&r).expect("serialising a record");
     let head = shared::promotion(m);
-    let lsn = pg::xlog::log_and_apply(RMGR_ID, XLOG_YEZZEY_REOFFLOAD, &payload, true, |_| {
-        // Touches only the fork's entry, allocates nothing: staged before.
-        assert!(
-            shared::promote(&head),
-            "the staged map of {} vanished",
-            m.key
-        );
-    });
-    shared::unstage(Some(lsn));
+    let lsn = pg::xlog::log_apply_settle(
+        RMGR_ID,
+        XLOG_YEZZEY_REOFFLOAD,
+        &payload,
+        true,
+        |_| {
+            // Touches only the fork's entry, allocates nothing: staged before.
+            assert!(
+                shared::promote(&head),
+                "the staged map of {} vanished",
+                m.key
+            );
+        },
+        // Before a checkpoint can pass the record: one that wrote the new
+        // map file with the superseded objects still held (no retired
+        // record) would let a crash lose them.
+        |lsn| shared::unstage(m.key, Some(lsn)),
+    );
     fault::point("after_wal");
     after_reoffload(m, &rewritten(m), free_pages);
     lsn

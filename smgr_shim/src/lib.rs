@@ -238,16 +238,16 @@ pub mod map {
         unsafe { ffi::yz_map_promote(head) }
     }
 
-    /// Ends this process's switch: superseded objects retire at `lsn`, `at`
-    /// (after a promotion), every other hold and the staged or old array
-    /// go. `lsn` 0 aborts: every hold goes.
-    pub fn unstage(lsn: u64, at: i64) {
-        unsafe { ffi::yz_map_unstage(lsn, at) }
+    /// Ends this process's switch of a fork: superseded objects retire at
+    /// `lsn`, `at` (after a promotion), every other hold and the staged or
+    /// old array go. `lsn` 0 aborts: every hold goes.
+    pub fn unstage(spc: u32, db: u32, rel: u32, fork: i32, lsn: u64, at: i64) {
+        unsafe { ffi::yz_map_unstage(spc, db, rel, fork, lsn, at) }
     }
 
-    /// Changes whenever what readers see changes.
-    pub fn generation() -> u64 {
-        unsafe { ffi::yz_map_generation() }
+    /// How many re-offloads were promoted since shared memory was made.
+    pub fn switches() -> u64 {
+        unsafe { ffi::yz_map_switches() }
     }
 
     /// Adds an object to the retiring list (redo of a switch that retired it).

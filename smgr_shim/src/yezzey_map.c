@@ -116,6 +116,7 @@ typedef struct YzRetiringEntry
 typedef struct YzShared
 {
 	pg_atomic_uint64 generation;
+	pg_atomic_uint64 switches;	/* re-offloads promoted */
 	pg_atomic_uint32 keys_changed;
 	uint64		boot_id;
 	int			tranche_id;
@@ -196,6 +197,7 @@ yz_map_shmem_startup(void)
 		dshash_table *t;
 
 		pg_atomic_init_u64(&yz_shared->generation, 1);
+		pg_atomic_init_u64(&yz_shared->switches, 0);
 		pg_atomic_init_u32(&yz_shared->keys_changed, 0);
 		yz_shared->boot_id = (uint64) GetCurrentTimestamp();
 		yz_shared->load_lock = &(GetNamedLWLockTranche("yezzey"))->lock;
@@ -254,7 +256,7 @@ yz_map_install(void)
 }
 
 static void drop_pending_of(int pid);
-static void settle_holds_of(int pid, uint64 lsn, int64 at);
+static void settle_holds_of(int pid, const YzForkKey *only, uint64 lsn, int64 at);
 
 /*
  * An exiting process's failed offloads leave no pending forks, staged
@@ -266,7 +268,7 @@ yz_map_at_exit(int code, Datum arg)
 	/* A FATAL raised while holding a partition lock would deadlock below. */
 	LWLockReleaseAll();
 	drop_pending_of(MyProcPid);
-	settle_holds_of(MyProcPid, 0, 0);
+	settle_holds_of(MyProcPid, NULL, 0, 0);
 }
 
 static void
@@ -980,7 +982,14 @@ yz_map_promote(const YzForkHead *head)
 	e->version++;
 	dshash_release_lock(yz_forks, e);
 	bump();
+	pg_atomic_fetch_add_u64(&yz_shared->switches, 1);
 	return true;
+}
+
+uint64_t
+yz_map_switches(void)
+{
+	return yz_shared ? pg_atomic_read_u64(&yz_shared->switches) : 0;
 }
 
 /* Whether a fork's live map names an object (any state: false if no fork). */
@@ -998,16 +1007,24 @@ fork_names(const YzSegInfo *seg)
 	return named;
 }
 
+/* Whether a retiring entry or fork is `only`'s (NULL: any). */
+static inline bool
+of_fork(const YzForkKey *only, uint32 spc, uint32 db, uint32 rel, int32 fork)
+{
+	return only == NULL || (only->spc == spc && only->db == db &&
+							only->rel == rel && only->fork == fork);
+}
+
 /*
- * Ends process pid's switch: its holds on superseded objects that the live
- * map no longer names retire at `lsn` (0: the current WAL position, for a
- * process exiting), the others are dropped; its staged or old arrays are
- * freed.  Holds are settled one at a time, each looked up in the forks
- * table without the retiring table locked, so no two partition locks are
- * ever held at once.
+ * Ends process pid's switches of fork `only` (NULL: all of them): its
+ * holds on superseded objects that the live map no longer names retire at
+ * `lsn` (0: the current WAL position, for a process exiting), the others
+ * are dropped; its staged or old arrays are freed.  Holds are settled one
+ * at a time, each looked up in the forks table without the retiring table
+ * locked, so no two partition locks are ever held at once.
  */
 static void
-settle_holds_of(int pid, uint64 lsn, int64 at)
+settle_holds_of(int pid, const YzForkKey *only, uint64 lsn, int64 at)
 {
 	dshash_seq_status scan;
 	YzRetiringEntry *h;
@@ -1023,7 +1040,8 @@ settle_holds_of(int pid, uint64 lsn, int64 at)
 		dshash_seq_init(&scan, yz_retiring, false);
 		while ((h = dshash_seq_next(&scan)) != NULL)
 		{
-			if (h->r.lsn == 0 && h->r.owner_pid == pid)
+			if (h->r.lsn == 0 && h->r.owner_pid == pid &&
+				of_fork(only, h->r.seg.spc, h->r.seg.db, h->r.seg.rel, h->r.seg.fork))
 			{
 				r = h->r;
 				found = true;
@@ -1033,25 +1051,42 @@ settle_holds_of(int pid, uint64 lsn, int64 at)
 		dshash_seq_term(&scan);
 		if (!found)
 			break;
-		if (r.hold == YZ_HOLD_SUPERSEDED && !fork_names(&r.seg))
+		h = dshash_find(yz_retiring, r.seg.object_id, true);
+		if (h != NULL && (h->r.lsn != 0 || h->r.owner_pid != pid))
+		{
+			dshash_release_lock(yz_retiring, h);
+			continue;			/* no longer this process's hold */
+		}
+		if (h == NULL)
+			continue;
+		dshash_release_lock(yz_retiring, h);
+		if (lsn != UINT64_MAX && r.hold == YZ_HOLD_SUPERSEDED && !fork_names(&r.seg))
 		{
 			h = dshash_find(yz_retiring, r.seg.object_id, true);
-			if (h != NULL)
+			if (h != NULL && h->r.lsn == 0 && h->r.owner_pid == pid)
 			{
 				h->r.lsn = lsn ? lsn : Max(position_now(), 1);
 				h->r.at = at ? at : (int64) time(NULL);
 				h->r.owner_pid = 0;
 				h->r.hold = YZ_HOLD_NONE;
-				dshash_release_lock(yz_retiring, h);
 			}
+			if (h != NULL)
+				dshash_release_lock(yz_retiring, h);
 		}
 		else
-			dshash_delete_key(yz_retiring, r.seg.object_id);
+		{
+			h = dshash_find(yz_retiring, r.seg.object_id, true);
+			if (h != NULL && h->r.lsn == 0 && h->r.owner_pid == pid)
+				dshash_delete_entry(yz_retiring, h);
+			else if (h != NULL)
+				dshash_release_lock(yz_retiring, h);
+		}
 	}
 	dshash_seq_init(&scan, yz_forks, true);
 	while ((e = dshash_seq_next(&scan)) != NULL)
 	{
-		if (e->next_owner == pid)
+		if (e->next_owner == pid &&
+			of_fork(only, e->key.spc, e->key.db, e->key.rel, e->key.fork))
 		{
 			if (DsaPointerIsValid(e->next_segs))
 				dsa_free(yz_area, e->next_segs);
@@ -1064,23 +1099,15 @@ settle_holds_of(int pid, uint64 lsn, int64 at)
 }
 
 void
-yz_map_unstage(uint64_t lsn, int64_t at)
+yz_map_unstage(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
+			   uint64_t lsn, int64_t at)
 {
+	YzForkKey	key = {spc, db, rel, fork};
+
 	if (!ready())
 		return;
-	if (lsn == 0)
-	{
-		/* Aborted: nothing was retired; every hold goes. */
-		dshash_seq_status scan;
-		YzRetiringEntry *h;
-
-		dshash_seq_init(&scan, yz_retiring, true);
-		while ((h = dshash_seq_next(&scan)) != NULL)
-			if (h->r.lsn == 0 && h->r.owner_pid == MyProcPid)
-				dshash_delete_current(&scan);
-		dshash_seq_term(&scan);
-	}
-	settle_holds_of(MyProcPid, lsn, at);
+	/* Aborted (lsn 0): nothing was retired, every hold goes. */
+	settle_holds_of(MyProcPid, &key, lsn == 0 ? UINT64_MAX : lsn, at);
 }
 
 void

@@ -243,18 +243,21 @@ extern bool yz_map_mark_written(uint32_t spc, uint32_t db, uint32_t rel, int32_t
  * page_checksums with it; the written flags and remote ranges of segments
  * it keeps unchanged are carried over): it touches only the fork's entry
  * and allocates nothing, so it may run in a critical section.  After it,
- * yz_map_unstage(..., lsn, at) retires the superseded objects at the
- * record, drops the other holds and frees the old array; to abort,
- * yz_map_unstage(..., 0, 0) drops every hold and the staged array.  A
- * process stages one fork at a time; one that exits between the two is
- * cleaned up as unstage would (superseded objects the live map no longer
- * names retire at the current WAL position).
+ * yz_map_unstage(fork, lsn, at) retires the fork's superseded objects at
+ * the record, drops its other holds and frees the old array; to abort,
+ * yz_map_unstage(fork, 0, 0) drops its holds and the staged array.  A
+ * process may stage several forks; one that exits is cleaned up as
+ * unstage would for each (superseded objects the live map no longer names
+ * retire at the current WAL position, the rest go).
  */
 extern bool yz_map_stage(const YzForkHead *head, const YzSegInfo *segs, uint32_t nsegs,
 						 bool within_limit);
 extern void yz_map_hold(const YzRetiring *r);
 extern bool yz_map_promote(const YzForkHead *head);
-extern void yz_map_unstage(uint64_t lsn, int64_t at);
+/* How many switches were promoted since shared memory was made. */
+extern uint64_t yz_map_switches(void);
+extern void yz_map_unstage(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
+						   uint64_t lsn, int64_t at);
 /* Adds (or updates) an object of the retiring list: redo of a switch that retired it. */
 extern void yz_map_add_retiring(const YzRetiring *r);
 /*

@@ -292,11 +292,12 @@ struct LocalState {
 impl LocalState {
     fn read(dry_run: bool) -> LocalState {
         let state = pg::state();
-        // The forks, then the retiring list, read again if a switch made
-        // between the two (a re-offload's promotion, whose holds on new
-        // objects go once the map names them) could hide an object.
+        // The forks, then the retiring list, read again if a re-offload's
+        // promotion came between the two (its holds on the new objects go
+        // once the map names them, so neither read would show them).
         let (uploading, mut referenced, dead) = loop {
-            let generation = yezzey_smgr_shim::map::generation();
+            pgrx::check_for_interrupts!();
+            let switches = yezzey_smgr_shim::map::switches();
             let (mut uploading, mut referenced, mut dead) =
                 (HashSet::new(), HashSet::new(), Vec::new());
             for f in shared::all() {
@@ -310,7 +311,7 @@ impl LocalState {
                 }
             }
             referenced.extend(shared::retiring().into_iter().map(|l| l.retired.name));
-            if yezzey_smgr_shim::map::generation() == generation {
+            if yezzey_smgr_shim::map::switches() == switches {
                 break (uploading, referenced, dead);
             }
         };

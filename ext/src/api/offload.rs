@@ -91,7 +91,7 @@ fn yezzey_offload_relation(
     for t in &targets {
         refuse_unlogged_changes(t);
     }
-    let mut rows = Vec::new();
+    let (mut rows, mut again) = (Vec::new(), Vec::new());
     for t in &targets {
         if let Some(f) = shared::get(t.key) {
             if f.state == State::Broken {
@@ -111,8 +111,8 @@ fn yezzey_offload_relation(
                     "Wait for it to finish.",
                 );
             }
-            match reoffload::reoffload_one(&storage, t) {
-                Some(m) => rows.push(row(&t.name, &m, true)),
+            match reoffload::prepare(&storage, t) {
+                Some(p) => again.push(p),
                 None => notice!("yezzey: \"{}\" is offloaded and unchanged since", t.name),
             }
             continue;
@@ -121,6 +121,11 @@ fn yezzey_offload_relation(
             Some(m) => rows.push(row(&t.name, &m, false)),
             None => rows.push((t.name.clone(), 0, 0, 0)),
         }
+    }
+    // Re-offloads switch last, together (reoffload.rs, step 6).
+    for p in again {
+        let name = p.name().to_string();
+        rows.push(row(&name, &p.switch(), true));
     }
     TableIterator::new(rows)
 }

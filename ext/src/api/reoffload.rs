@@ -19,7 +19,9 @@
 //!      or read from the old object, never torn by a reader writing it out;
 //!   5. stage the new map beside the live one (refused, before anything
 //!      is logged, past `yezzey.max_map_memory`);
-//!   6. take AccessExclusiveLock, waiting up to 5 s for readers (as VACUUM
+//!   6. once every relation of the command got this far (so that the lock
+//!      standbys take from here on lasts only as long as the switches),
+//!      take AccessExclusiveLock, waiting up to 5 s for readers (as VACUUM
 //!      does to truncate), and write the relation's buffers out; if readers
 //!      stay, go on without it;
 //!   7. WAL-log REOFFLOAD (the new map, the superseded segments, and
@@ -75,10 +77,10 @@ use crate::{errors, fault, lineage, pg, settings, wal};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::time::Duration;
-use yezzey_storage::key::{Lsn, ObjectId, BLOCK_SIZE};
+use yezzey_storage::key::{Lsn, MemberId, ObjectId, BLOCK_SIZE};
 use yezzey_storage::names::ObjectName;
 use yezzey_storage::runtime::block_on;
-use yezzey_storage::state::map::ForkMap;
+use yezzey_storage::state::map::{ForkMap, SegmentMeta};
 use yezzey_storage::state::reoffload;
 use yezzey_storage::state::unix_now;
 use yezzey_storage::store::ObjectStore;
@@ -87,9 +89,21 @@ use yezzey_storage::upload::Upload;
 /// How long step 7 waits for readers to leave the relation.
 const READERS_PATIENCE: Duration = Duration::from_secs(5);
 
-/// Re-offloads one relation's main fork, whose map is live; the new map,
-/// or `None` when nothing changed since.
-pub fn reoffload_one(storage: &settings::Storage, t: &Target) -> Option<ForkMap> {
+/// A fork's re-offload up to its record (steps 1 to 5): uploaded and
+/// staged, waiting for [`Prepared::switch`]. A command prepares all its
+/// relations first and switches them last, so that the lock standbys
+/// take with each switch lasts only as long as the switches. Dropped
+/// unswitched (an ERROR), it undoes what it did.
+pub struct Prepared<'a> {
+    job: Job<'a>,
+    m: ForkMap,
+    superseded: Vec<SegmentMeta>,
+    old_writer: Option<MemberId>,
+}
+
+/// Steps 1 to 5 of re-offloading one relation's main fork, whose map is
+/// live; `None` when nothing changed since.
+pub fn prepare<'a>(storage: &'a settings::Storage, t: &'a Target) -> Option<Prepared<'a>> {
     let clean_lsn = pg::insert_lsn();
     let nblocks = relations::flush(t);
     // Read after the flush: pages written out by it mark their segments.
@@ -117,25 +131,43 @@ pub fn reoffload_one(storage: &settings::Storage, t: &Target) -> Option<ForkMap>
     m.lsn = pg::insert_lsn();
     m.offloaded_at = unix_now();
     job.stage(&m);
-    // Freeing the pages the new objects hold needs the relation to itself;
-    // taken before the record, so standbys take it (from its lock record)
-    // before they replay the record and free theirs.
-    let locked = pg::relation::try_access_exclusive(t.oid, READERS_PATIENCE);
-    if locked {
-        pg::relation::flush_all_buffers(t.key);
-    } else {
-        notice!(
-            "yezzey: \"{}\" stayed in use for {} s: the local pages of its rewritten segments are freed by its next re-offload",
-            t.name,
-            READERS_PATIENCE.as_secs()
-        );
+    Some(Prepared {
+        job,
+        m,
+        superseded: plan.superseded,
+        old_writer: cur.map.writer,
+    })
+}
+
+impl Prepared<'_> {
+    pub fn name(&self) -> &str {
+        &self.job.t.name
     }
-    job.label = m.lsn;
-    wal::reoffload(&m, &plan.superseded, cur.map.writer, locked);
-    if locked {
-        pg::relation::release_access_exclusive(t.oid);
+
+    /// Steps 6 to 8: the lock, the record and the switch, the pages freed.
+    /// Returns the new map.
+    pub fn switch(mut self) -> ForkMap {
+        let t = self.job.t;
+        // Freeing the pages the new objects hold needs the relation to
+        // itself; taken before the record, so standbys take it (from its
+        // lock record) before they replay the record and free theirs.
+        let locked = pg::relation::try_access_exclusive(t.oid, READERS_PATIENCE);
+        if locked {
+            pg::relation::flush_all_buffers(t.key);
+        } else {
+            notice!(
+                "yezzey: \"{}\" stayed in use for {} s: the local pages of its rewritten segments are freed by its next re-offload",
+                t.name,
+                READERS_PATIENCE.as_secs()
+            );
+        }
+        self.job.label = self.m.lsn;
+        wal::reoffload(&self.m, &self.superseded, self.old_writer, locked);
+        if locked {
+            pg::relation::release_access_exclusive(t.oid);
+        }
+        self.m
     }
-    Some(m)
 }
 
 /// One fork's re-offload before its record: the holds, the objects
@@ -157,7 +189,7 @@ impl<'a> Job<'a> {
         t: &'a Target,
         old: &ForkMap,
         new: &ForkMap,
-        superseded: &[yezzey_storage::state::map::SegmentMeta],
+        superseded: &[SegmentMeta],
     ) -> Job<'a> {
         let job = Job {
             storage,
@@ -262,6 +294,6 @@ impl Drop for Job<'_> {
         for n in self.uploaded.drain(..) {
             let _ = block_on(self.storage.store.delete(&n.relative()));
         }
-        shared::unstage(None);
+        shared::unstage(k, None);
     }
 }

@@ -138,8 +138,10 @@ fn page_lsn(page: &[u8]) -> u64 {
 /// Punches out the pages of a segment's first `blocks` blocks whose LSN is
 /// at most `upto`; true when the file then holds nothing (it is truncated
 /// to nothing: md takes the segment to be as long as its remote range).
+/// Reads only the file's data (SEEK_DATA/SEEK_HOLE skip its holes), so it
+/// costs what the segment holds locally, and punches runs of pages at once.
 fn free_pages_upto(path: &Path, blocks: u32, upto: u64) -> io::Result<bool> {
-    use rustix::fs::{fallocate, FallocateFlags};
+    use rustix::fs::{fallocate, seek, FallocateFlags, SeekFrom};
     use std::os::unix::fs::FileExt;
     let f = match OpenOptions::new().read(true).write(true).open(path) {
         Ok(f) => f,
@@ -151,28 +153,52 @@ fn free_pages_upto(path: &Path, blocks: u32, upto: u64) -> io::Result<bool> {
     let remote = blocks as u64 * bs;
     let end = len.min(remote);
     let mut kept = len > remote;
+    let punch = |from: u64, to: u64| -> io::Result<()> {
+        if to > from {
+            let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            fallocate(&f, flags, from, to - from)?;
+        }
+        Ok(())
+    };
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0u64;
     while pos < end {
-        let n = ((end - pos) as usize).min(buf.len());
-        f.read_exact_at(&mut buf[..n], pos)?;
-        let mut i = 0;
-        while i < n {
-            let page = &buf[i..(i + BLOCK_SIZE).min(n)];
-            let used = page.iter().any(|&b| b != 0);
-            if used && page.len() == BLOCK_SIZE && page_lsn(page) <= upto {
-                fallocate(
-                    &f,
-                    FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-                    pos + i as u64,
-                    bs,
-                )?;
-            } else if used {
-                kept = true;
-            }
-            i += BLOCK_SIZE;
+        // The next data, and where it ends (ENXIO: none past pos).
+        let data = match seek(&f, SeekFrom::Data(pos)) {
+            Ok(d) => d / bs * bs,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        if data >= end {
+            break;
         }
-        pos += n as u64;
+        let hole = seek(&f, SeekFrom::Hole(data)).map_err(io::Error::from)?;
+        let stop = hole.div_ceil(bs).saturating_mul(bs).min(end);
+        let mut at = data;
+        let mut run = None; // start of the run of pages to punch
+        while at < stop {
+            let n = ((stop - at) as usize).min(buf.len());
+            f.read_exact_at(&mut buf[..n], at)?;
+            for (i, page) in buf[..n].chunks(BLOCK_SIZE).enumerate() {
+                let off = at + (i * BLOCK_SIZE) as u64;
+                let used = page.iter().any(|&b| b != 0);
+                let ours = used && page.len() == BLOCK_SIZE && page_lsn(page) <= upto;
+                match (ours, run) {
+                    (true, None) => run = Some(off),
+                    (false, Some(from)) => {
+                        punch(from, off)?;
+                        run = None;
+                    }
+                    _ => {}
+                }
+                kept |= used && !ours;
+            }
+            at += n as u64;
+        }
+        if let Some(from) = run {
+            punch(from, stop)?;
+        }
+        pos = stop.max(hole);
     }
     if !kept {
         f.set_len(0)?;

@@ -275,14 +275,12 @@ pub fn promote(head: &ForkHead) -> bool {
     map::promote(head)
 }
 
-/// Ends this process's switch: after a promotion (`Some(lsn)`) the
-/// superseded objects retire at the record; aborted (`None`), every hold
-/// and the staged map go.
-pub fn unstage(promoted_at: Option<Lsn>) {
-    match promoted_at {
-        Some(lsn) => map::unstage(lsn.0, unix_now()),
-        None => map::unstage(0, 0),
-    }
+/// Ends this process's switch of a fork: after a promotion (`Some(lsn)`)
+/// the superseded objects retire at the record; aborted (`None`), every
+/// hold and the staged map go.
+pub fn unstage(key: RelFork, promoted_at: Option<Lsn>) {
+    let (lsn, at) = promoted_at.map_or((0, 0), |l| (l.0, unix_now()));
+    map::unstage(key.spc, key.db, key.rel, key.fork.as_i32(), lsn, at);
 }
 
 /// Puts `m`'s segments `segs` on the retiring list at `lsn` (redo of a

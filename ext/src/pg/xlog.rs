@@ -45,6 +45,21 @@ pub fn log_and_apply(
     critical: bool,
     apply: impl FnOnce(Lsn),
 ) -> Lsn {
+    log_apply_settle(id, info, payload, critical, apply, |_| {})
+}
+
+/// [`log_and_apply`], then `settle` outside the critical section but
+/// still before any checkpoint can complete past the record: for a change
+/// in two parts whose second (which may take locks and free memory, but
+/// raises no ERROR) must be redone with the first if a crash loses it.
+pub fn log_apply_settle(
+    id: u8,
+    info: u8,
+    payload: &[u8],
+    critical: bool,
+    apply: impl FnOnce(Lsn),
+    settle: impl FnOnce(Lsn),
+) -> Lsn {
     let _delay = DelayCheckpoint::start();
     // SAFETY: the standard XLogInsert protocol, from a backend's main
     // thread; the critical section is left on every path but a PANIC.
@@ -62,6 +77,7 @@ pub fn log_and_apply(
         }
         lsn
     };
+    settle(lsn);
     drop(_delay);
     lsn
 }
@@ -86,7 +102,10 @@ impl Drop for DelayCheckpoint {
     }
 }
 
-/// A record's type bits, main data and position.
+/// A record's type bits, main data and position: its end, as the
+/// primary's XLogInsert returns it, so that a retirement replayed from it
+/// is at the same position as on the primary (a standby whose replay
+/// stopped at the record's start has not replayed it).
 ///
 /// # Safety
 /// `record` is the reader state PostgreSQL passes to a redo or desc callback.
@@ -98,7 +117,7 @@ pub unsafe fn parts<'a>(record: *mut pg_sys::XLogReaderState) -> (u8, &'a [u8], 
     } else {
         std::slice::from_raw_parts((*r).main_data as *const u8, (*r).main_data_len as usize)
     };
-    (info, data, Lsn((*record).ReadRecPtr))
+    (info, data, Lsn((*record).EndRecPtr))
 }
 
 /// The type bits of an `xl_info`.
