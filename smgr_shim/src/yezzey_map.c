@@ -540,6 +540,17 @@ alloc_segs(const YzSegInfo *segs, uint32 nsegs, bool within_limit)
 	return dp;
 }
 
+/* The fields of a fork's head that say which offload its map is from. */
+static void
+set_offload(YzForkEntry *e, const YzForkHead *head)
+{
+	e->writer = head->writer;
+	e->offloaded_at = head->offloaded_at;
+	e->lsn = head->lsn;
+	e->clean_lsn = head->clean_lsn;
+	e->page_checksums = head->page_checksums;
+}
+
 bool
 yz_map_put_fork(const YzForkHead *head, const YzSegInfo *segs, uint32_t nsegs,
 				bool within_limit)
@@ -583,14 +594,10 @@ yz_map_put_fork(const YzForkHead *head, const YzSegInfo *segs, uint32_t nsegs,
 	PG_END_TRY();
 	e->state = head->state;
 	e->evicted = head->evicted;
-	e->page_checksums = head->page_checksums;
 	e->dirty = head->dirty;
 	e->content = head->content;
 	e->owner_pid = head->state == YZ_FORK_PENDING ? MyProcPid : 0;
-	e->writer = head->writer;
-	e->offloaded_at = head->offloaded_at;
-	e->lsn = head->lsn;
-	e->clean_lsn = head->clean_lsn;
+	set_offload(e, head);
 	e->nsegs = nsegs;
 	e->segs = dp;
 	dshash_release_lock(yz_forks, e);
@@ -972,11 +979,7 @@ yz_map_promote(const YzForkHead *head)
 	e->nsegs = nnow;
 	e->next_segs = old;			/* freed by yz_map_unstage */
 	e->next_nsegs = nold;
-	e->writer = head->writer;
-	e->offloaded_at = head->offloaded_at;
-	e->lsn = head->lsn;
-	e->clean_lsn = head->clean_lsn;
-	e->page_checksums = head->page_checksums;
+	set_offload(e, head);
 	e->evicted = false;
 	e->dirty = true;
 	e->version++;
