@@ -5,6 +5,7 @@ bad input. Crashes, lineages and faults have their own files.
 """
 import os
 import subprocess
+import time
 import unittest
 
 import yz
@@ -161,6 +162,43 @@ class Offload(unittest.TestCase):
         self.assertGreaterEqual(cleared, len(entries))
         self.assertEqual(MAIN.checksum("dc"), expect, "after yezzey_cache_clear()")
         self.assertEqual(MAIN.q("SELECT count(*) FROM verify_heapam('dc')"), "0")
+
+    def test_page_pruned_during_the_upload_stays(self):
+        """A reader prunes pages after the offload copied them, and a
+        checkpoint writes them out before its switch: the pruned pages stay
+        local (the object has them unpruned), survive a restart with an
+        empty cache, and the next offload uploads them."""
+        q = MAIN.q
+        q("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        for t in ("pr_mirror", "pr"):  # the table last: reading it would prune it
+            q(f"""CREATE TABLE {t} (id int PRIMARY KEY, v int, pad text) WITH (fillfactor = 100, autovacuum_enabled = false);
+                  INSERT INTO {t} SELECT g, 0, repeat('x', 100) FROM generate_series(1, 30000) g""")
+            # Full pages with dead row versions: the next read of each prunes it.
+            q(f"UPDATE {t} SET v = 1 WHERE id % 5 = 0")
+        dead = "SELECT count(*) FROM heap_page_items(get_raw_page('pr', 0)) WHERE lp_flags = 3"
+        self.assertEqual(q(dead), "0")
+        off = subprocess.Popen(["psql", "-XAtq", "-p", str(MAIN.port), "-c",
+                                "SET yezzey.fault_injection = 'after_upload:pause=8'",
+                                "-c", "SELECT * FROM yezzey_offload_relation('pr', false)"],
+                               env=yz.ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        MAIN.wait_for("SELECT count(*) > 0 FROM pg_stat_activity WHERE query LIKE '%yezzey_offload_relation(''pr''%' AND pid <> pg_backend_pid()")
+        time.sleep(3)  # the upload of 4 MB is done; the offload waits before its switch
+        q("SELECT count(*) FROM pr")  # prunes the pages
+        self.assertNotEqual(q(dead), "0")
+        q("CHECKPOINT")  # writes them out under the pending map
+        _, err = off.communicate(timeout=120)
+        self.assertEqual(off.returncode, 0, err)
+        self.assertIn("pausing", err)
+        MAIN.restart(wipe_cache=True)
+        self.assertNotEqual(q(dead), "0", "a pruned page was lost to the object's older copy")
+        self.assertEqual(MAIN.checksum("pr"), MAIN.checksum("pr_mirror"))
+        self.assertEqual(q("SELECT count(*) FROM verify_heapam('pr')"), "0")
+        self.assertEqual(MAIN.status("pr")[0], "partially offloaded")
+        q("SELECT * FROM yezzey_offload_relation('pr', false)")
+        self.assertEqual(MAIN.status("pr"), ("offloaded", 0))
+        MAIN.restart(wipe_cache=True)
+        self.assertNotEqual(q(dead), "0")
+        self.assertEqual(MAIN.checksum("pr"), MAIN.checksum("pr_mirror"))
 
     def test_unfrozen_table_gets_advice(self):
         """Offloading pages that readers will set hint bits on is allowed,

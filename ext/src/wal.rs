@@ -4,7 +4,7 @@
 //!
 //! | switch  | record  | the shared map            | then                                 |
 //! |---------|---------|---------------------------|--------------------------------------|
-//! | offload | OFFLOAD | the fork's pending map goes live | free local copies; map file |
+//! | offload | OFFLOAD | the fork's pending map goes live | free what the objects hold locally; map file |
 //! | forget  | FORGET  | the fork leaves; its objects retire | retired records (its map file goes at the next checkpoint) |
 //! | re-offload | REOFFLOAD | the fork's staged map replaces its live one; the objects it no longer names retire | free what the new objects hold locally; map file |
 //!
@@ -99,11 +99,39 @@ struct Reoffload {
     free_pages: bool,
 }
 
+/// An OFFLOAD record: the fork's map (every segment marked written, so
+/// that reads look at the local files first until their pages are freed),
+/// and whether the primary held AccessExclusiveLock across the record, as
+/// in [`Reoffload`]. Records written before this form are the bare map
+/// (its segments unwritten): their redo truncates the local copies, as
+/// those offloads did.
+#[derive(Debug, Serialize, Deserialize)]
+struct Offload {
+    map: ForkMap,
+    free_pages: bool,
+}
+
+/// An OFFLOAD record in either form.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OffloadRecord {
+    Current(Offload),
+    Bare(ForkMap),
+}
+
 /// OFFLOAD on the primary: `m` is the fork's pending map in the shared
-/// map, whose objects are uploaded; logs it and makes it live. Returns
-/// the record's position.
-pub fn offload(m: &ForkMap) -> Lsn {
-    let payload = serde_json::to_vec(m).expect("serialising a map");
+/// map, whose objects are uploaded and whose segments are all marked
+/// written; logs it and makes it live. With `free_pages` the caller holds
+/// AccessExclusiveLock on the relation and has written out its buffers:
+/// the local pages the objects hold are freed. Returns the record's
+/// position. Raises no ERROR once the record is written.
+pub fn offload(m: &ForkMap, free_pages: bool) -> Lsn {
+    debug_assert!(m.segments.iter().all(|s| s.written));
+    let r = Offload {
+        map: m.clone(),
+        free_pages,
+    };
+    let payload = serde_json::to_vec(&r).expect("serialising a record");
     let lsn = pg::xlog::log_and_apply(RMGR_ID, XLOG_YEZZEY_OFFLOAD, &payload, true, |_| {
         // Allocates nothing; the pending map is there (the offload holds
         // the relation's lock, and only its own backend removes it).
@@ -114,14 +142,27 @@ pub fn offload(m: &ForkMap) -> Lsn {
         );
     });
     fault::point("after_wal");
-    after_offload(m);
+    after_switch(m, &rewritten(m), free_pages);
     lsn
 }
 
 /// OFFLOAD in redo (crash recovery, standbys, point-in-time recovery).
-fn redo_offload(m: ForkMap) {
-    if let Some(m) = apply_map(m) {
-        after_offload(&m);
+fn redo_offload(r: OffloadRecord) {
+    match r {
+        OffloadRecord::Current(r) => {
+            let rewritten = rewritten(&r.map);
+            // As for REOFFLOAD: pages dirty in buffers reach the local
+            // files before the clean LSN can take them for the object's.
+            pg::relation::flush_all_buffers(r.map.key);
+            if let Some(m) = apply_map(r.map) {
+                after_switch(&m, &rewritten, r.free_pages);
+            }
+        }
+        OffloadRecord::Bare(m) => {
+            if let Some(m) = apply_map(m) {
+                after_switch(&m, &[], false);
+            }
+        }
     }
 }
 
@@ -161,19 +202,6 @@ fn apply_map(mut m: ForkMap) -> Option<ForkMap> {
         );
     }
     Some(m)
-}
-
-/// What follows an offload's switch, on the primary and in redo: the local
-/// copies freed, then the map file. (The file need not come first: until
-/// a checkpoint writes it, the record is replayed after a crash.) Never
-/// raises an ERROR.
-fn after_offload(m: &ForkMap) {
-    if evict::free_unwritten(m) {
-        let k = m.key;
-        yezzey_smgr_shim::map::set_evicted(k.spc, k.db, k.rel, k.fork.as_i32());
-    }
-    fault::point("after_map");
-    persist::persist_or_warn(m.key);
 }
 
 /// REOFFLOAD on the primary: `m` is staged beside the fork's live map,
@@ -217,7 +245,7 @@ pub fn reoffload(
         |lsn| shared::unstage(m.key, Some(lsn)),
     );
     fault::point("after_wal");
-    after_reoffload(m, &rewritten(m), free_pages);
+    after_switch(m, &rewritten(m), free_pages);
     lsn
 }
 
@@ -243,22 +271,28 @@ fn redo_reoffload(r: Reoffload, lsn: Lsn) {
     // Named by no map since this record, whatever the map files say.
     shared::add_retiring(&old, &r.superseded, lsn, unix_now());
     match applied {
-        Some(m) => after_reoffload(&m, &rewritten, r.free_pages),
+        Some(m) => after_switch(&m, &rewritten, r.free_pages),
         None => persist::persist_or_warn(old.key),
     }
 }
 
-/// What follows a re-offload's switch: the local copies of the segments
-/// it kept freed (if an earlier eviction left them), with `free_pages` the
-/// pages the new objects hold freed from the segments it rewrote
-/// ([`evict::free_superseded_pages`]), then the map file. Never raises an
-/// ERROR.
-fn after_reoffload(m: &ForkMap, rewritten: &[u32], free_pages: bool) {
-    evict::free_unwritten(m);
-    fault::point("mid_reoffload_evict");
+/// What follows an offload's or a re-offload's switch, on the primary and
+/// in redo: with `free_pages`, the local pages the map's objects hold are
+/// freed from the segments it (re)wrote ([`evict::free_superseded_pages`]);
+/// the local copies of segments without local writes are freed (if an
+/// earlier eviction left them); then the map file. (The file need not come
+/// first: until a checkpoint writes it, the record is replayed after a
+/// crash.) Never raises an ERROR.
+fn after_switch(m: &ForkMap, rewritten: &[u32], free_pages: bool) {
     if free_pages {
         evict::free_superseded_pages(m, rewritten);
     }
+    fault::point("mid_reoffload_evict");
+    if evict::free_unwritten(m) {
+        let k = m.key;
+        yezzey_smgr_shim::map::set_evicted(k.spc, k.db, k.rel, k.fork.as_i32());
+    }
+    fault::point("after_map");
     persist::persist_or_warn(m.key);
 }
 
@@ -310,7 +344,7 @@ fn retire(key: RelFork, lsn: Lsn) {
 /// Replays a record.
 pub fn redo(info: u8, data: &[u8], lsn: Lsn) {
     let result = match info {
-        XLOG_YEZZEY_OFFLOAD => serde_json::from_slice::<ForkMap>(data).map(redo_offload),
+        XLOG_YEZZEY_OFFLOAD => serde_json::from_slice::<OffloadRecord>(data).map(redo_offload),
         XLOG_YEZZEY_FORGET => serde_json::from_slice::<Forget>(data).map(|f| redo_forget(f, lsn)),
         XLOG_YEZZEY_REOFFLOAD => {
             serde_json::from_slice::<Reoffload>(data).map(|r| redo_reoffload(r, lsn))

@@ -12,46 +12,64 @@
 //! Per relation, holding ExclusiveLock (plain readers continue; writers,
 //! `SELECT ... FOR UPDATE`, which writes row locks into pages, and VACUUM
 //! wait):
-//!   1. note the WAL insert position (the *clean LSN*), flush the relation's
-//!      dirty buffers and fsync its files;
+//!   1. note the WAL insert position (the *clean LSN*), flush the
+//!      relation's dirty buffers and fsync its files;
 //!   2. put the fork's map in the shared map as *pending*, naming the
-//!      objects about to be uploaded: refused here, with nothing uploaded,
-//!      if it would take the map past `yezzey.max_map_memory`; garbage
-//!      collection keeps a pending map's objects, and readers ignore it;
-//!   3. upload each segment file as one object named with this cluster's
-//!      lineage member;
-//!   4. WAL-log the map (OFFLOAD) and make it live, as one step (`wal.rs`:
-//!      the point of no return);
-//!   5. free the local copies (truncate the segment files: md takes them
-//!      to be as long as their remote range and reads past their end as
-//!      holes), then write the map file.
+//!      objects about to be uploaded, every segment marked *written* (reads
+//!      look at the local file first): refused here, with nothing
+//!      uploaded, if it would take the map past `yezzey.max_map_memory`;
+//!      garbage collection keeps a pending map's objects, and readers
+//!      ignore it;
+//!   3. upload each segment as one object named with this cluster's
+//!      lineage member, copying its pages through the buffer manager: each
+//!      page as PostgreSQL has it, never torn by a reader writing it out;
+//!   4. take AccessExclusiveLock, waiting up to 5 s for readers (as VACUUM
+//!      does to truncate), and write the relation's buffers out; if readers
+//!      stay, go on without it;
+//!   5. WAL-log the map and whether the lock is held (OFFLOAD) and make it
+//!      live, as one step (`wal.rs`: the point of no return);
+//!   6. with the lock, free the local pages the objects hold (LSN at most
+//!      the clean LSN; a segment left with nothing is truncated and is
+//!      unwritten again: md takes it to be as long as its remote range and
+//!      reads past its end as holes); let go of the lock; write the map
+//!      file.
 //!
-//! **If a step fails.** Before 4 the offload aborts: the uploaded objects
+//! **Pages written meanwhile.** Readers may write pages while they are
+//! copied: hint bits (with an LSN moved by a full-page image) or pruning,
+//! which changes a page's line pointers and is WAL-logged. Such a page has
+//! an LSN past the clean LSN, so step 6 keeps it local and its segment
+//! written, and reads take it from the local file: the object's copy may
+//! be older. (Offloads before this rule truncated the files whatever they
+//! held, and lost such a page on the primary.)
+//!
+//! **If a step fails.** Before 5 the offload aborts: the uploaded objects
 //! are deleted and the pending map dropped (also when the backend exits
 //! with a FATAL; after a crash shared memory is gone, and GC collects the
-//! objects). After 4 nothing raises an ERROR: the offload is in effect on
+//! objects). After 5 nothing raises an ERROR: the offload is in effect on
 //! this server (the shared map), on standbys (the record) and after a
 //! crash (replay from the last checkpoint, which cannot complete until the
 //! map file is written); a map file that cannot be written now is written
-//! by the next checkpoint, local copies that cannot be freed now are freed
-//! at the next start; a WARNING says which.
+//! by the next checkpoint; local pages that cannot be freed now (no lock,
+//! a failed punch) stay, their segments written, and are freed by the next
+//! offload of the relation; a WARNING or NOTICE says which.
 //!
-//! **Crashes.** Before 4 the relation stays local and its objects are
-//! garbage. After 4, redo or startup finishes 5, and the relation is
-//! offloaded: pages whose LSN is at most the clean LSN, which is every page
-//! redo rebuilds from WAL written before the offload, are the object's
-//! pages and are never written back locally (the storage manager drops
-//! such writes). Readers never see a hole that is not in the map: the map
-//! is live before any hole exists, and the read path consults the map
-//! after reading the local file.
+//! **Crashes.** Before 5 the relation stays local and its objects are
+//! garbage. After 5, redo writes its buffers out, makes the map live with
+//! every segment written and, if the primary held the lock (which a
+//! standby then holds too), frees the pages the objects hold, as step 6.
+//! Pages whose LSN is at most the clean LSN, which is every page redo
+//! rebuilds from WAL written before the offload, are the object's pages
+//! and are never written back locally (the storage manager drops such
+//! writes). Readers never see a hole that is not in the map: the map is
+//! live before any hole exists, and the read path consults the map after
+//! reading the local file.
 
 use super::relations::{self, mb, Target};
 use super::reoffload;
 use crate::map::shared::{self, State};
-use crate::{errors, fault, fds, lineage, pg, settings, wal};
+use crate::{errors, fault, lineage, pg, settings, wal};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
-use std::fs::File;
 use std::time::Instant;
 use yezzey_storage::key::{Lsn, ObjectId, BLOCK_SIZE};
 use yezzey_storage::names::ObjectName;
@@ -59,7 +77,7 @@ use yezzey_storage::runtime::block_on;
 use yezzey_storage::state::map::{ForkMap, SegmentMeta};
 use yezzey_storage::state::unix_now;
 use yezzey_storage::store::ObjectStore;
-use yezzey_storage::upload::Uploaded;
+use yezzey_storage::upload::{Upload, Uploaded};
 
 /// Uploads a relation's files to object storage and frees their local space;
 /// queries keep working unchanged. Returns one row per relation offloaded
@@ -208,7 +226,8 @@ fn offload_one(storage: &settings::Storage, t: &Target) -> Option<ForkMap> {
                 object_id: ObjectId::random(),
                 raw_len: 0,
                 stored_len: 0,
-                written: false,
+                // Until step 6 frees their pages, reads look local first.
+                written: true,
             })
             .collect(),
     };
@@ -225,7 +244,7 @@ fn offload_one(storage: &settings::Storage, t: &Target) -> Option<ForkMap> {
     m.lsn = pg::insert_lsn();
     m.offloaded_at = unix_now();
     uploads.update(&m);
-    wal::offload(&m);
+    relations::switch_alone(t, |alone| wal::offload(&m, alone));
     Some(m)
 }
 
@@ -271,6 +290,51 @@ pub(super) fn upload_segment(
         mb(up.trailer.raw_len) / secs
     );
     up
+}
+
+/// Blocks `0..blocks` of segment `segno` of `t`, copied through the buffer
+/// manager a frame at a time, as object `name`: each page as PostgreSQL
+/// has it now, never torn by a concurrent write-out. The upload is aborted
+/// (nothing left under the name) if the copy or the store fails.
+pub(super) fn upload_pages(
+    storage: &settings::Storage,
+    t: &Target,
+    segno: u32,
+    blocks: u32,
+    name: &ObjectName,
+) -> yezzey_storage::Result<Uploaded> {
+    let mut up = block_on(Upload::start(
+        &storage.store,
+        &name.relative(),
+        name.object_id.0,
+        &storage.keys,
+        &storage.upload,
+    ))?;
+    let guard = AbortOnDrop(&mut up);
+    let per_chunk = (storage.upload.format.frame_size as usize / BLOCK_SIZE).max(1) as u32;
+    let first = segno * pg::blocks_per_segment();
+    let strategy = pg::relation::BulkRead::new();
+    let mut buf = vec![0u8; per_chunk as usize * BLOCK_SIZE];
+    let mut at = 0;
+    while at < blocks {
+        pgrx::check_for_interrupts!();
+        let n = per_chunk.min(blocks - at);
+        let chunk = &mut buf[..n as usize * BLOCK_SIZE];
+        pg::relation::copy_pages(t.oid, first + at, chunk, &strategy);
+        block_on(guard.0.push(chunk))?;
+        at += n;
+    }
+    std::mem::forget(guard);
+    block_on(up.finish())
+}
+
+/// Aborts an upload left behind by an ERROR (which unwinds through here).
+struct AbortOnDrop<'a>(&'a mut Upload);
+
+impl Drop for AbortOnDrop<'_> {
+    fn drop(&mut self) {
+        block_on(self.0.abort());
+    }
 }
 
 /// One relation's offload before its record: its pending map in the
@@ -329,42 +393,9 @@ impl<'a> Uploads<'a> {
         let name = m.object_name(s);
         self.uploaded.push(name);
         let up = upload_segment(self.storage, t, s.segno, (k, n), false, || {
-            self.upload_file(&pg::segment_path(t.key, s.segno), s.blocks, &name)
+            upload_pages(self.storage, t, s.segno, s.blocks, &name)
         });
-        if up.trailer.raw_len != s.blocks as u64 * BLOCK_SIZE as u64 {
-            errors::error(
-                PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
-                format!(
-                    "segment {} of \"{}\" changed length during upload",
-                    s.segno, t.name
-                ),
-                "Something wrote the file behind the server's back; try again.",
-            );
-        }
         (up.trailer.raw_len, up.stored_len)
-    }
-
-    /// The first `blocks` blocks of a segment file, as object `name`.
-    fn upload_file(
-        &self,
-        path: &std::path::Path,
-        blocks: u32,
-        name: &ObjectName,
-    ) -> yezzey_storage::Result<yezzey_storage::upload::Uploaded> {
-        let storage = self.storage;
-        fds::transient(1, || {
-            let f = File::open(path).map_err(|e| yezzey_storage::Error::io(path, e))?;
-            use std::io::Read;
-            block_on(yezzey_storage::upload::upload(
-                &storage.store,
-                &name.relative(),
-                name.object_id.0,
-                &storage.keys,
-                &storage.upload,
-                f.take(blocks as u64 * BLOCK_SIZE as u64),
-                |_| {},
-            ))
-        })
     }
 }
 

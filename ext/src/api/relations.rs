@@ -158,3 +158,30 @@ pub fn segments_of(nblocks: u32) -> Vec<(u32, u32)> {
 pub fn mb(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
+
+/// How long a switch waits for readers to leave the relation.
+const READERS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs an offload's switch `f` with the relation to itself if that can
+/// be had: AccessExclusiveLock, waiting up to 5 s for readers (as VACUUM
+/// does to truncate a table), and its buffers written out; `f` is told
+/// whether it has it (only then may it free the local pages the objects
+/// hold). Taken before the switch's record, so standbys take it (from its
+/// lock record) before they replay the switch and free their pages.
+pub fn switch_alone<R>(t: &Target, f: impl FnOnce(bool) -> R) -> R {
+    let alone = pg::relation::try_access_exclusive(t.oid, READERS_PATIENCE);
+    if alone {
+        pg::relation::flush_all_buffers(t.key);
+    } else {
+        pgrx::notice!(
+            "yezzey: \"{}\" stayed in use for {} s: its local pages are freed by its next offload",
+            t.name,
+            READERS_PATIENCE.as_secs()
+        );
+    }
+    let r = f(alone);
+    if alone {
+        pg::relation::release_access_exclusive(t.oid);
+    }
+    r
+}

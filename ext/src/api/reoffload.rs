@@ -74,20 +74,14 @@
 use super::relations::{self, mb, Target};
 use crate::map::shared::{self, State};
 use crate::{errors, fault, lineage, pg, settings, wal};
-use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
-use std::time::Duration;
-use yezzey_storage::key::{Lsn, MemberId, ObjectId, BLOCK_SIZE};
+use yezzey_storage::key::{Lsn, MemberId, ObjectId};
 use yezzey_storage::names::ObjectName;
 use yezzey_storage::runtime::block_on;
 use yezzey_storage::state::map::{ForkMap, SegmentMeta};
 use yezzey_storage::state::reoffload;
 use yezzey_storage::state::unix_now;
 use yezzey_storage::store::ObjectStore;
-use yezzey_storage::upload::Upload;
-
-/// How long step 7 waits for readers to leave the relation.
-const READERS_PATIENCE: Duration = Duration::from_secs(5);
 
 /// A fork's re-offload up to its record (steps 1 to 5): uploaded and
 /// staged, waiting for [`Prepared::switch`]. A command prepares all its
@@ -148,24 +142,9 @@ impl Prepared<'_> {
     /// Returns the new map.
     pub fn switch(mut self) -> ForkMap {
         let t = self.job.t;
-        // Freeing the pages the new objects hold needs the relation to
-        // itself; taken before the record, so standbys take it (from its
-        // lock record) before they replay the record and free theirs.
-        let locked = pg::relation::try_access_exclusive(t.oid, READERS_PATIENCE);
-        if locked {
-            pg::relation::flush_all_buffers(t.key);
-        } else {
-            notice!(
-                "yezzey: \"{}\" stayed in use for {} s: the local pages of its rewritten segments are freed by its next re-offload",
-                t.name,
-                READERS_PATIENCE.as_secs()
-            );
-        }
         self.job.label = self.m.lsn;
-        wal::reoffload(&self.m, &self.superseded, self.old_writer, locked);
-        if locked {
-            pg::relation::release_access_exclusive(t.oid);
-        }
+        let (m, superseded, old_writer) = (&self.m, &self.superseded, self.old_writer);
+        relations::switch_alone(t, |alone| wal::reoffload(m, superseded, old_writer, alone));
         self.m
     }
 }
@@ -231,54 +210,9 @@ impl<'a> Job<'a> {
         let name = m.object_name(s);
         self.uploaded.push(name);
         let up = super::offload::upload_segment(self.storage, t, s.segno, (k, n), true, || {
-            self.upload_pages(s.segno, s.blocks, &name)
+            super::offload::upload_pages(self.storage, t, s.segno, s.blocks, &name)
         });
         (up.trailer.raw_len, up.stored_len)
-    }
-
-    /// Blocks `0..blocks` of segment `segno`, copied through the buffer
-    /// manager a frame at a time, as object `name`. The upload is aborted
-    /// (nothing left under the name) if the copy or the store fails.
-    fn upload_pages(
-        &self,
-        segno: u32,
-        blocks: u32,
-        name: &ObjectName,
-    ) -> yezzey_storage::Result<yezzey_storage::upload::Uploaded> {
-        let st = self.storage;
-        let relative = name.relative();
-        let mut up = block_on(Upload::start(
-            &st.store,
-            &relative,
-            name.object_id.0,
-            &st.keys,
-            &st.upload,
-        ))?;
-        let guard = AbortOnDrop(&mut up);
-        let per_chunk = (st.upload.format.frame_size as usize / BLOCK_SIZE).max(1) as u32;
-        let first = segno * pg::blocks_per_segment();
-        let strategy = pg::relation::BulkRead::new();
-        let mut buf = vec![0u8; per_chunk as usize * BLOCK_SIZE];
-        let mut at = 0;
-        while at < blocks {
-            pgrx::check_for_interrupts!();
-            let n = per_chunk.min(blocks - at);
-            let chunk = &mut buf[..n as usize * BLOCK_SIZE];
-            pg::relation::copy_pages(self.t.oid, first + at, chunk, &strategy);
-            block_on(guard.0.push(chunk))?;
-            at += n;
-        }
-        std::mem::forget(guard);
-        block_on(up.finish())
-    }
-}
-
-/// Aborts an upload left behind by an ERROR (which unwinds through here).
-struct AbortOnDrop<'a>(&'a mut Upload);
-
-impl Drop for AbortOnDrop<'_> {
-    fn drop(&mut self) {
-        block_on(self.0.abort());
     }
 }
 

@@ -6,8 +6,8 @@
 //! so freeing it (now, again after a crash, or in a copy made before the
 //! eviction finished) can never lose a byte; a written segment's file
 //! holds the only copy of its written blocks and is never touched, but
-//! by [`free_superseded_pages`] after a re-offload, which frees only the
-//! pages its new object holds.
+//! by [`free_superseded_pages`] after an offload or a re-offload, which
+//! frees only the pages its new object holds.
 use crate::{fault, fds, pg};
 use std::fs::{self, OpenOptions};
 use std::io;
@@ -93,8 +93,8 @@ fn evict(path: &Path, blocks: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// After a re-offload: frees, in the segments it rewrote (`rewritten`),
-/// every local page the new objects hold, that is every page whose LSN is
+/// After an offload or a re-offload: frees, in the segments it (re)wrote
+/// (`rewritten`), every local page the new objects hold, that is every page whose LSN is
 /// at most the map's clean LSN (the new objects were read after the
 /// relation was flushed at that position, so they hold those pages or
 /// newer ones). A segment left with no other page is unwritten again: its
@@ -112,7 +112,8 @@ fn evict(path: &Path, blocks: u32) -> io::Result<()> {
 pub fn free_superseded_pages(m: &ForkMap, rewritten: &[u32]) {
     let k = m.key;
     fds::transient(1, || {
-        for s in m.segments.iter().filter(|s| rewritten.contains(&s.segno)) {
+        let segments = m.segments.iter().filter(|s| rewritten.contains(&s.segno));
+        for (i, s) in segments.enumerate() {
             let path = pg::segment_path(k, s.segno);
             match free_pages_upto(&path, s.blocks, m.clean_lsn.0) {
                 Ok(true) => {
@@ -123,6 +124,9 @@ pub fn free_superseded_pages(m: &ForkMap, rewritten: &[u32]) {
                     "yezzey: could not free the local copy of {}: {e}; it is read locally until the next re-offload",
                     path.display()
                 ),
+            }
+            if i == 0 {
+                fault::point("mid_punch");
             }
         }
     });
