@@ -161,6 +161,46 @@ class RefusedWrites(Checks):
         self.assertTrue(objects <= in_store(MAIN))
         self.same_everywhere([MAIN, s], ["rw"])
 
+    def test_reoffload_with_unwritable_map_directory(self):
+        """Offloading again what changed while pg_yezzey/map refuses writes
+        (EACCES): the re-offload is in effect on the primary and the
+        standby; GC keeps the new objects and, for the standby and the
+        crash-recovered primary, the superseded ones until the record
+        retired them durably; a crash replays it once the directory can be
+        written."""
+        s = self.standby
+        mirrored_table(MAIN, "rr", 60_000)
+        MAIN.q("SELECT * FROM yezzey_offload_relation('rr', false)")
+        both(MAIN, "UPDATE {t} SET note = 'changed' WHERE id % 40 = 0", "rr")
+        MAIN.q("CHECKPOINT")
+        self.assertEqual(MAIN.status("rr")[0], "partially offloaded")
+        before = objects_of(MAIN, "rr")
+        os.chmod(MAPS, 0o500)
+        try:
+            r = MAIN.psql("SELECT * FROM yezzey_offload_relation('rr', false)")
+            self.assertIn("could not write the map file", r.stderr)
+            self.assertEqual(MAIN.status("rr"), ("offloaded", 0))
+            after = objects_of(MAIN, "rr")
+            self.assertTrue(after and not after & before, (before, after))
+            s.caught_up_with(MAIN)
+            self.assertEqual(s.status("rr")[0], "offloaded")
+            self.assertEqual(s.checksum("rr"), MAIN.checksum("rr_m"))
+            # GC goes by the shared map, and keeps the superseded objects
+            # while their retirement cannot be written.
+            MAIN.q("SELECT * FROM yezzey_gc()")
+            self.assertTrue(before | after <= in_store(MAIN), "GC deleted objects a map or a standby still reads")
+            MAIN.crash()
+            r = MAIN.start(check=False)
+            self.assertNotEqual(r.returncode, 0, "recovery completed without writing the map files")
+        finally:
+            os.chmod(MAPS, 0o700)
+        MAIN.start()
+        self.assertEqual(MAIN.status("rr")[0], "offloaded")
+        self.assertEqual(objects_of(MAIN, "rr"), after)
+        self.assertEqual(MAIN.checksum("rr"), MAIN.checksum("rr_m"))
+        self.same_everywhere([MAIN, s], ["rr"])
+        self.assertTrue(after <= in_store(MAIN))
+
     def test_kill_at_random_moments_with_unwritable_maps(self):
         """kill -9 at a random moment of a 200 MB offload while
         pg_yezzey/map refuses writes: recovery waits for the directory;

@@ -11,7 +11,7 @@ pub fn point(name: &str) {
         return;
     };
     let (at, pause) = match setting.split_once(":pause=") {
-        Some((at, secs)) => (at, secs.parse::<f64>().ok()),
+        Some((at, secs)) => (at, secs.parse::<f64>().ok().filter(|s| s.is_finite())),
         None => (setting.as_str(), None),
     };
     if at != name {

@@ -9,10 +9,13 @@
  * Until the first such write, a segment's remote range is known to be all
  * holes, and reads skip md and go straight to the object.
  *
- * An offloaded segment's local file holds only what was written since the
- * offload (eviction truncates it; gp_patches/0002 lets md treat a segment as
- * long as its remote range, reading blocks past the file's end as holes), so
- * backup tools that copy files copy only local bytes.
+ * An offloaded segment's local file holds only what the object lacks: pages
+ * written since the offload, or pages the offload could not free (it frees
+ * the pages the object holds under AccessExclusiveLock, keeping pages
+ * readers wrote meanwhile, and marks the segment written until then; a
+ * segment left with nothing is truncated: gp_patches/0002 lets md treat a
+ * segment as long as its remote range, reading blocks past the file's end
+ * as holes), so backup tools that copy files copy only local bytes.
  *
  * A write of a page the object already holds is not a write: a page of a
  * remote range whose LSN is no later than the map's clean LSN (taken before

@@ -87,7 +87,9 @@ typedef struct YzSegInfo
 	uint64_t	raw_len;
 	uint64_t	stored_len;
 	/*
-	 * A block of the remote range was written locally since the offload, so
+	 * A block of the remote range was written locally since the offload, or
+	 * the offload has not freed the local copy yet (it frees the pages the
+	 * object holds after its record), so
 	 * reads must look at the local file first.  While false, every block of
 	 * the range is a hole (or still the bytes that were uploaded) and reads
 	 * go straight to the object.

@@ -23,9 +23,12 @@
 //!   3. upload each segment as one object named with this cluster's
 //!      lineage member, copying its pages through the buffer manager: each
 //!      page as PostgreSQL has it, never torn by a reader writing it out;
-//!   4. take AccessExclusiveLock, waiting up to 5 s for readers (as VACUUM
-//!      does to truncate), and write the relation's buffers out; if readers
-//!      stay, go on without it;
+//!   4. once every relation of the command got this far (a standby holds
+//!      the lock taken here until the command commits), take
+//!      AccessExclusiveLock, waiting up to 5 s for readers (as VACUUM does
+//!      to truncate; a writer queued behind the offload's ExclusiveLock
+//!      also makes it give up), and write the relation's buffers out; if
+//!      they stay, go on without it;
 //!   5. WAL-log the map and whether the lock is held (OFFLOAD) and make it
 //!      live, as one step (`wal.rs`: the point of no return);
 //!   6. with the lock, free the local pages the objects hold (LSN at most
@@ -109,7 +112,7 @@ fn yezzey_offload_relation(
     for t in &targets {
         refuse_unlogged_changes(t);
     }
-    let (mut rows, mut again) = (Vec::new(), Vec::new());
+    let (mut rows, mut first, mut again) = (Vec::new(), Vec::new(), Vec::new());
     for t in &targets {
         if let Some(f) = shared::get(t.key) {
             if f.state == State::Broken {
@@ -136,11 +139,17 @@ fn yezzey_offload_relation(
             continue;
         }
         match offload_one(&storage, t) {
-            Some(m) => rows.push(row(&t.name, &m, false)),
+            Some(u) => first.push(u),
             None => rows.push((t.name.clone(), 0, 0, 0)),
         }
     }
-    // Re-offloads switch last, together (reoffload.rs, step 6).
+    // Every relation switches last, together, once all are uploaded: a
+    // standby holds each switch's lock until the command commits, so that
+    // lasts only as long as the switches (step 4; reoffload.rs, step 6).
+    for u in first {
+        let name = u.t.name.clone();
+        rows.push(row(&name, &u.switch(), false));
+    }
     for p in again {
         let name = p.name().to_string();
         rows.push(row(&name, &p.switch(), true));
@@ -199,8 +208,10 @@ fn refuse_unlogged_changes(t: &Target) {
     }
 }
 
-/// Offloads one relation's main fork; `None` when it has no blocks.
-fn offload_one(storage: &settings::Storage, t: &Target) -> Option<ForkMap> {
+/// Steps 1 to 3 of offloading one relation's main fork: uploaded, its
+/// pending map in the shared map, waiting for [`Uploads::switch`];
+/// `None` when it has no blocks.
+fn offload_one<'a>(storage: &'a settings::Storage, t: &'a Target) -> Option<Uploads<'a>> {
     let clean_lsn = pg::insert_lsn();
     let nblocks = relations::flush(t);
     advise_freeze(t, nblocks);
@@ -244,8 +255,8 @@ fn offload_one(storage: &settings::Storage, t: &Target) -> Option<ForkMap> {
     m.lsn = pg::insert_lsn();
     m.offloaded_at = unix_now();
     uploads.update(&m);
-    relations::switch_alone(t, |alone| wal::offload(&m, alone));
-    Some(m)
+    uploads.m = m;
+    Some(uploads)
 }
 
 fn advise_freeze(t: &Target, nblocks: u32) {
@@ -345,6 +356,8 @@ struct Uploads<'a> {
     storage: &'a settings::Storage,
     t: &'a Target,
     uploaded: Vec<ObjectName>,
+    /// The map once uploaded.
+    m: ForkMap,
 }
 
 impl<'a> Uploads<'a> {
@@ -373,7 +386,15 @@ impl<'a> Uploads<'a> {
             storage,
             t,
             uploaded: Vec::new(),
+            m: m.clone(),
         }
+    }
+
+    /// Steps 4 to 6: the lock, the record and the switch, the pages freed.
+    /// Returns the map.
+    fn switch(self) -> ForkMap {
+        relations::switch_alone(self.t, |alone| wal::offload(&self.m, alone));
+        self.m.clone()
     }
 
     /// The pending map again, with what the uploads measured.

@@ -174,7 +174,7 @@ pub fn switch_alone<R>(t: &Target, f: impl FnOnce(bool) -> R) -> R {
         pg::relation::flush_all_buffers(t.key);
     } else {
         pgrx::notice!(
-            "yezzey: \"{}\" stayed in use for {} s: its local pages are freed by its next offload",
+            "yezzey: \"{}\" stayed in use (readers, or writers waiting for the offload) for {} s: its local pages are freed by its next offload",
             t.name,
             READERS_PATIENCE.as_secs()
         );

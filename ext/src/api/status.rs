@@ -12,7 +12,8 @@ use yezzey_storage::state::reoffload;
 
 /// The offload state of one relation: `local`, `offloaded`, `partially
 /// offloaded` (blocks were written or appended since the offload and are
-/// local; `yezzey_offload_relation` offloads them again), or `map damaged`
+/// local, or the offload could not free its local pages;
+/// `yezzey_offload_relation` offloads them again), or `map damaged`
 /// (its map file was damaged or lost: reads fail until
 /// `yezzey_repair_maps()` rebuilds it), with local and remote sizes, and
 /// the bytes a re-offload would upload now (the segments with anything

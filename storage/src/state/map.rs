@@ -41,7 +41,8 @@ pub struct SegmentMeta {
     pub object_id: ObjectId,
     pub raw_len: u64,
     pub stored_len: u64,
-    /// A block of the remote range was written locally since the offload
+    /// A block of the remote range was written locally since the offload,
+    /// or the offload has not freed the local copy yet
     /// (reads look at the local file first). Maps written before this field
     /// existed read as true, the safe answer.
     #[serde(default = "written_default")]
