@@ -109,6 +109,12 @@ struct Reoffload {
 struct Offload {
     map: ForkMap,
     free_pages: bool,
+    /// With `free_pages`: the segments that had blocks written out while
+    /// the objects were uploaded (`touched`), whose pages are checked
+    /// before they are freed; the others hold nothing the objects lack and
+    /// are freed whole. Absent: check every segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    touched: Option<Vec<u32>>,
 }
 
 /// An OFFLOAD record in either form.
@@ -121,15 +127,25 @@ enum OffloadRecord {
 
 /// OFFLOAD on the primary: `m` is the fork's pending map in the shared
 /// map, whose objects are uploaded and whose segments are all marked
-/// written; logs it and makes it live. With `free_pages` the caller holds
+/// written; logs it and makes it live. With `touched` (the segments
+/// written out to since the pending map was put) the caller holds
 /// AccessExclusiveLock on the relation and has written out its buffers:
 /// the local pages the objects hold are freed. Returns the record's
 /// position. Raises no ERROR once the record is written.
-pub fn offload(m: &ForkMap, free_pages: bool) -> Lsn {
+///
+/// A segment nothing was written out to while the objects were uploaded
+/// holds, on this server and on every standby (which replayed the same
+/// WAL up to the record), nothing the objects lack: any page changed
+/// after its copy was made would have been written out by now (the caller
+/// wrote the buffers out), and marked its segment. So it is freed whole,
+/// without reading it back; the pages of touched segments are checked.
+pub fn offload(m: &ForkMap, touched: Option<&[u32]>) -> Lsn {
     debug_assert!(m.segments.iter().all(|s| s.written));
+    let free_pages = touched.is_some();
     let r = Offload {
         map: m.clone(),
         free_pages,
+        touched: touched.map(<[u32]>::to_vec),
     };
     let payload = serde_json::to_vec(&r).expect("serialising a record");
     let lsn = pg::xlog::log_and_apply(RMGR_ID, XLOG_YEZZEY_OFFLOAD, &payload, true, |_| {
@@ -142,7 +158,7 @@ pub fn offload(m: &ForkMap, free_pages: bool) -> Lsn {
         );
     });
     fault::point("after_wal");
-    after_switch(m, &rewritten(m), free_pages);
+    after_switch(m, &rewritten(m), free_pages, touched);
     lsn
 }
 
@@ -155,12 +171,12 @@ fn redo_offload(r: OffloadRecord) {
             // files before the clean LSN can take them for the object's.
             pg::relation::flush_all_buffers(r.map.key);
             if let Some(m) = apply_map(r.map) {
-                after_switch(&m, &rewritten, r.free_pages);
+                after_switch(&m, &rewritten, r.free_pages, r.touched.as_deref());
             }
         }
         OffloadRecord::Bare(m) => {
             if let Some(m) = apply_map(m) {
-                after_switch(&m, &[], false);
+                after_switch(&m, &[], false, None);
             }
         }
     }
@@ -245,7 +261,7 @@ pub fn reoffload(
         |lsn| shared::unstage(m.key, Some(lsn)),
     );
     fault::point("after_wal");
-    after_switch(m, &rewritten(m), free_pages);
+    after_switch(m, &rewritten(m), free_pages, None);
     lsn
 }
 
@@ -271,21 +287,23 @@ fn redo_reoffload(r: Reoffload, lsn: Lsn) {
     // Named by no map since this record, whatever the map files say.
     shared::add_retiring(&old, &r.superseded, lsn, unix_now());
     match applied {
-        Some(m) => after_switch(&m, &rewritten, r.free_pages),
+        Some(m) => after_switch(&m, &rewritten, r.free_pages, None),
         None => persist::persist_or_warn(old.key),
     }
 }
 
 /// What follows an offload's or a re-offload's switch, on the primary and
 /// in redo: with `free_pages`, the local pages the map's objects hold are
-/// freed from the segments it (re)wrote ([`evict::free_superseded_pages`]);
+/// freed from the segments it (re)wrote ([`evict::free_superseded_pages`];
+/// with `touched`, only those segments' pages are checked, the others are
+/// freed whole);
 /// the local copies of segments without local writes are freed (if an
 /// earlier eviction left them); then the map file. (The file need not come
 /// first: until a checkpoint writes it, the record is replayed after a
 /// crash.) Never raises an ERROR.
-fn after_switch(m: &ForkMap, rewritten: &[u32], free_pages: bool) {
+fn after_switch(m: &ForkMap, rewritten: &[u32], free_pages: bool, touched: Option<&[u32]>) {
     if free_pages {
-        evict::free_superseded_pages(m, rewritten);
+        evict::free_superseded_pages(m, rewritten, touched);
     }
     fault::point("mid_reoffload_evict");
     if evict::free_unwritten(m) {

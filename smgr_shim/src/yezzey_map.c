@@ -76,6 +76,7 @@ typedef struct YzSegData
 	uint64		raw_len;
 	uint64		stored_len;
 	bool		written;
+	bool		touched;		/* see YzSegInfo */
 } YzSegData;
 
 typedef struct YzForkEntry
@@ -358,16 +359,26 @@ bump(void)
 bool
 yz_map_rel_has_remote(uint32_t spc, uint32_t db, uint32_t rel)
 {
+	bool		pending;
+
+	return yz_map_rel_forks(spc, db, rel, &pending);
+}
+
+bool
+yz_map_rel_forks(uint32_t spc, uint32_t db, uint32_t rel, bool *pending)
+{
 	YzRelKey	key = {spc, db, rel};
 	YzRelEntry *e;
 	bool		result;
 
+	*pending = false;
 	if (!ready())
 		return false;
 	e = dshash_find(yz_rels, &key, false);
 	if (e == NULL)
 		return false;
 	result = e->nvisible > 0;
+	*pending = e->npending > 0;
 	dshash_release_lock(yz_rels, e);
 	return result;
 }
@@ -458,6 +469,7 @@ fill_info(const YzForkEntry *e, const YzSegData *s, YzSegInfo *out)
 	out->raw_len = s->raw_len;
 	out->stored_len = s->stored_len;
 	out->written = s->written;
+	out->touched = s->touched;
 	out->page_checksums = e->page_checksums;
 }
 
@@ -536,8 +548,19 @@ alloc_segs(const YzSegInfo *segs, uint32 nsegs, bool within_limit)
 		arr[i].raw_len = segs[i].raw_len;
 		arr[i].stored_len = segs[i].stored_len;
 		arr[i].written = segs[i].written;
+		arr[i].touched = segs[i].touched;
 	}
 	return dp;
+}
+
+/* Sets the touched flags of `to` that `from` (a segment array) has. */
+static void
+carry_touched(const YzSegData *from, uint32 nfrom, YzSegData *to, uint32 nto)
+{
+	for (uint32 i = 0; i < nto; i++)
+		for (uint32 j = 0; j < nfrom; j++)
+			if (from[j].segno == to[i].segno && from[j].touched)
+				to[i].touched = true;
 }
 
 /* The fields of a fork's head that say which offload its map is from. */
@@ -598,12 +621,19 @@ yz_map_put_fork(const YzForkHead *head, const YzSegInfo *segs, uint32_t nsegs,
 	e->content = head->content;
 	e->owner_pid = head->state == YZ_FORK_PENDING ? MyProcPid : 0;
 	set_offload(e, head);
+	/* A pending map put again keeps what was written out meanwhile. */
+	if (old_state == YZ_FORK_PENDING && head->state == YZ_FORK_PENDING &&
+		DsaPointerIsValid(old_segs) && DsaPointerIsValid(dp))
+		carry_touched(dsa_get_address(yz_area, old_segs), e->nsegs,
+					  dsa_get_address(yz_area, dp), nsegs);
 	e->nsegs = nsegs;
 	e->segs = dp;
 	dshash_release_lock(yz_forks, e);
 	if (DsaPointerIsValid(old_segs))
 		dsa_free(yz_area, old_segs);
-	if (visible(old_state) || visible(head->state))
+	/* Pending maps too: the write path notes writes to their relations. */
+	if (visible(old_state) || visible(head->state) ||
+		old_state == YZ_FORK_PENDING || head->state == YZ_FORK_PENDING)
 		bump();
 	if (visible(old_state) != visible(head->state))
 		pg_atomic_write_u32(&yz_shared->keys_changed, 1);
@@ -1170,6 +1200,24 @@ yz_map_mark_written(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
 	}
 	dshash_release_lock(yz_forks, e);
 	return changed;
+}
+
+void
+yz_map_note_pending_write(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
+						  uint32_t segno)
+{
+	YzForkEntry *e = find_fork(spc, db, rel, fork, true);
+
+	if (e == NULL)
+		return;
+	if (e->state == YZ_FORK_PENDING && e->nsegs > 0)
+	{
+		YzSegData  *s = (YzSegData *) find_seg(e, segno);
+
+		if (s != NULL)
+			s->touched = true;
+	}
+	dshash_release_lock(yz_forks, e);
 }
 
 int

@@ -64,6 +64,7 @@ typedef struct YzRelCache
 {
 	uint64_t	generation;
 	bool		has_remote;
+	bool		has_pending;	/* an offload is uploading a fork of it */
 } YzRelCache;
 
 uint32_t
@@ -92,7 +93,7 @@ has_remote_slow(SMgrRelation reln, uint64_t gen)
 		c = MemoryContextAlloc(TopMemoryContext, sizeof(YzRelCache));
 		reln->smgr_private = c;
 	}
-	c->has_remote = yz_map_rel_has_remote(l.spcOid, l.dbOid, l.relNumber);
+	c->has_remote = yz_map_rel_forks(l.spcOid, l.dbOid, l.relNumber, &c->has_pending);
 	c->generation = gen;
 	return c->has_remote;
 }
@@ -107,6 +108,24 @@ has_remote(SMgrRelation reln)
 	if (likely(c != NULL && c->generation == gen))
 		return c->has_remote;
 	return has_remote_slow(reln, gen);
+}
+
+/*
+ * Whether an offload is uploading a fork of the relation (its map is
+ * pending).  Cost when not: as has_remote's.
+ */
+static inline bool
+has_pending(SMgrRelation reln)
+{
+	uint64_t	gen = yz_map_generation();
+	YzRelCache *c = reln->smgr_private;
+
+	if (!(likely(c != NULL && c->generation == gen)))
+	{
+		(void) has_remote_slow(reln, gen);
+		c = reln->smgr_private;
+	}
+	return c->has_pending;
 }
 
 uint16_t
@@ -319,6 +338,27 @@ note_local_write(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 }
 
 /*
+ * Before blocks are written out to a relation whose map an offload is
+ * uploading, marks their segments touched (YzSegInfo.touched): the offload
+ * then checks their pages before freeing them, since these may be newer
+ * than the copies it uploaded.
+ */
+static void
+note_pending_writes(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
+					BlockNumber nblocks)
+{
+	RelFileLocator l = reln->smgr_rlocator.locator;
+	BlockNumber blk = blocknum;
+
+	while (blk < blocknum + nblocks)
+	{
+		yz_map_note_pending_write(l.spcOid, l.dbOid, l.relNumber, forknum,
+								  blk / RELSEG_SIZE);
+		blk = (blk / RELSEG_SIZE + 1) * RELSEG_SIZE;
+	}
+}
+
+/*
  * True when writing this page into a segment's remote range would store
  * nothing the object lacks (see the file header).  Cost: one comparison of
  * the page header's LSN.
@@ -510,6 +550,8 @@ yz_writev(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 		  const void **buffers, BlockNumber nblocks, bool skipFsync)
 {
 	COUNT(YZ_CALL_WRITEV);
+	if (unlikely(has_pending(reln)))
+		note_pending_writes(reln, forknum, blocknum, nblocks);
 	if (unlikely(has_remote(reln)))
 		write_segments(reln, forknum, blocknum, buffers, nblocks, skipFsync);
 	else

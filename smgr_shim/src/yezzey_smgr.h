@@ -96,6 +96,14 @@ typedef struct YzSegInfo
 	 */
 	bool		written;
 	/*
+	 * While the fork's map is pending (an offload uploading it): a block of
+	 * the segment was written out to its local file since the map was put.
+	 * Such a block may be newer than the object's copy, so the offload
+	 * checks the segment's page LSNs before it frees them; a segment never
+	 * touched holds nothing the object lacks, and is freed whole.
+	 */
+	bool		touched;
+	/*
 	 * The object's pages carry valid data checksums (the cluster had them
 	 * on at the offload).  When the cluster verifies checksums now and the
 	 * object's pages have none (pg_checksums --enable after the offload),
@@ -183,6 +191,11 @@ extern uint64_t yz_map_generation(void);
 extern uint64_t yz_boot_id(void);
 /* Whether a relation has a LIVE or BROKEN fork. */
 extern bool yz_map_rel_has_remote(uint32_t spc, uint32_t db, uint32_t rel);
+/* The same, and in *pending whether it has a PENDING fork. */
+extern bool yz_map_rel_forks(uint32_t spc, uint32_t db, uint32_t rel, bool *pending);
+/* A block of a PENDING fork's segment is being written out (YzSegInfo.touched). */
+extern void yz_map_note_pending_write(uint32_t spc, uint32_t db, uint32_t rel,
+									  int32_t fork, uint32_t segno);
 /*
  * A LIVE fork's segment: 1 found, 0 no such segment or fork, -1 the fork is
  * BROKEN.

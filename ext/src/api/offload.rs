@@ -31,18 +31,25 @@
 //!      they stay, go on without it;
 //!   5. WAL-log the map and whether the lock is held (OFFLOAD) and make it
 //!      live, as one step (`wal.rs`: the point of no return);
-//!   6. with the lock, free the local pages the objects hold (LSN at most
-//!      the clean LSN; a segment left with nothing is truncated and is
-//!      unwritten again: md takes it to be as long as its remote range and
-//!      reads past its end as holes); let go of the lock; write the map
-//!      file.
+//!   6. with the lock, free the local pages the objects hold: a segment
+//!      nothing was written out to since step 2 (the storage manager marks
+//!      a pending map's segments *touched* when blocks are written out to
+//!      them) is freed whole, without being read; in a touched one, the
+//!      pages whose LSN is at most the clean LSN. A segment left with
+//!      nothing is truncated and is unwritten again (md takes it to be as
+//!      long as its remote range and reads past its end as holes). Let go
+//!      of the lock; write the map file.
 //!
 //! **Pages written meanwhile.** Readers may write pages while they are
 //! copied: hint bits (with an LSN moved by a full-page image) or pruning,
-//! which changes a page's line pointers and is WAL-logged. Such a page has
-//! an LSN past the clean LSN, so step 6 keeps it local and its segment
-//! written, and reads take it from the local file: the object's copy may
-//! be older. (Offloads before this rule truncated the files whatever they
+//! which changes a page's line pointers and is WAL-logged. Such a page is
+//! written out before step 5 at the latest (step 4 writes the buffers
+//! out), which marks its segment touched; it has an LSN past the clean
+//! LSN, so step 6 keeps it local and its segment written, and reads take
+//! it from the local file: the object's copy may be older. A standby
+//! replayed the same WAL, so its untouched segments hold nothing newer
+//! either: the record names the touched segments, and redo frees the same
+//! way. (Offloads before this rule truncated the files whatever they
 //! held, and lost such a page on the primary.)
 //!
 //! **If a step fails.** Before 5 the offload aborts: the uploaded objects
@@ -393,7 +400,12 @@ impl<'a> Uploads<'a> {
     /// Steps 4 to 6: the lock, the record and the switch, the pages freed.
     /// Returns the map.
     fn switch(self) -> ForkMap {
-        relations::switch_alone(self.t, |alone| wal::offload(&self.m, alone));
+        relations::switch_alone(self.t, |alone| {
+            // Read with the relation to itself, its buffers written out:
+            // nothing is written to its files after this.
+            let touched = alone.then(|| shared::touched(self.t.key));
+            wal::offload(&self.m, touched.as_deref())
+        });
         self.m.clone()
     }
 

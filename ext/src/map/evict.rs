@@ -104,18 +104,28 @@ fn evict(path: &Path, blocks: u32) -> io::Result<()> {
 /// local and keep the segment written. Segments the re-offload kept are
 /// never touched: their objects are older than the clean LSN.
 ///
+/// With `check`, only the segments it names are read to check their
+/// pages; the others are freed whole (an offload knows which segments
+/// were written to while it uploaded: `wal::offload`).
+///
 /// Nothing may write or read the fork's pages meanwhile, and none may be
 /// dirty in a buffer: on the primary the caller holds AccessExclusiveLock
 /// and wrote the buffers out; in redo the startup process holds the
 /// primary's lock too, and wrote them out. Never raises an ERROR; what it
 /// cannot free stays, and is read locally.
-pub fn free_superseded_pages(m: &ForkMap, rewritten: &[u32]) {
+pub fn free_superseded_pages(m: &ForkMap, rewritten: &[u32], check: Option<&[u32]>) {
     let k = m.key;
     fds::transient(1, || {
         let segments = m.segments.iter().filter(|s| rewritten.contains(&s.segno));
         for (i, s) in segments.enumerate() {
             let path = pg::segment_path(k, s.segno);
-            match free_pages_upto(&path, s.blocks, m.clean_lsn.0) {
+            let whole = check.is_some_and(|c| !c.contains(&s.segno));
+            let freed = if whole {
+                free_whole(&path, s.blocks)
+            } else {
+                free_pages_upto(&path, s.blocks, m.clean_lsn.0)
+            };
+            match freed {
                 Ok(true) => {
                     map::clear_written(k.spc, k.db, k.rel, k.fork.as_i32(), s.segno);
                 }
@@ -130,6 +140,16 @@ pub fn free_superseded_pages(m: &ForkMap, rewritten: &[u32]) {
             }
         }
     });
+}
+
+/// Frees a segment's first `blocks` blocks whatever they hold ([`evict`]);
+/// true when the file then holds nothing.
+fn free_whole(path: &Path, blocks: u32) -> io::Result<bool> {
+    match evict(path, blocks) {
+        Ok(()) => Ok(fs::metadata(path)?.len() == 0),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e),
+    }
 }
 
 /// A page's LSN (`pd_lsn`: two native-endian 32-bit halves, high first).

@@ -86,6 +86,7 @@ pub fn seg_info(m: &ForkMap, s: &SegmentMeta) -> SegInfo {
         raw_len: s.raw_len,
         stored_len: s.stored_len,
         written: s.written,
+        touched: false,
         page_checksums: m.page_checksums,
     }
 }
@@ -136,6 +137,17 @@ fn fork_of(h: &ForkHead, segs: &[SegInfo]) -> SharedFork {
 /// A fork's map in any state.
 pub fn get(key: RelFork) -> Option<SharedFork> {
     map::get_fork(key.spc, key.db, key.rel, key.fork.as_i32()).map(|(h, s)| fork_of(&h, &s))
+}
+
+/// The segments of a fork's pending map that had blocks written out since
+/// it was put (`YzSegInfo.touched`); empty if its map is not pending.
+pub fn touched(key: RelFork) -> Vec<u32> {
+    match map::get_fork(key.spc, key.db, key.rel, key.fork.as_i32()) {
+        Some((h, segs)) if h.state == map::PENDING => {
+            segs.iter().filter(|s| s.touched).map(|s| s.segno).collect()
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// Inserts or replaces a fork's map. False when memory does not allow it
