@@ -167,7 +167,8 @@ class Offload(unittest.TestCase):
         """A reader prunes pages after the offload copied them, and a
         checkpoint writes them out before its switch: the pruned pages stay
         local (the object has them unpruned), survive a restart with an
-        empty cache, and the next offload uploads them."""
+        empty cache, and the next offload uploads them; on a standby too,
+        which replayed the pruning and frees its pages as the record says."""
         q = MAIN.q
         q("CREATE EXTENSION IF NOT EXISTS pageinspect")
         for t in ("pr_mirror", "pr"):  # the table last: reading it would prune it
@@ -177,6 +178,10 @@ class Offload(unittest.TestCase):
             q(f"UPDATE {t} SET v = 1 WHERE id % 5 = 0")
         dead = "SELECT count(*) FROM heap_page_items(get_raw_page('pr', 0)) WHERE lp_flags = 3"
         self.assertEqual(q(dead), "0")
+        standby = MAIN.standby("pr_standby", yz.other_port(1))
+        standby.start()
+        self.addCleanup(MAIN.psql, "SELECT pg_drop_replication_slot('yz_pr_standby')", check=False)
+        self.addCleanup(standby.remove)
         off = subprocess.Popen(["psql", "-XAtq", "-p", str(MAIN.port), "-c",
                                 "SET yezzey.fault_injection = 'after_upload:pause=8'",
                                 "-c", "SELECT * FROM yezzey_offload_relation('pr', false)"],
@@ -191,6 +196,11 @@ class Offload(unittest.TestCase):
         self.assertIn("pausing", err)
         MAIN.restart(wipe_cache=True)
         self.assertNotEqual(q(dead), "0", "a pruned page was lost to the object's older copy")
+        standby.caught_up_with(MAIN)
+        standby.restart(wipe_cache=True)
+        standby.caught_up_with(MAIN)
+        self.assertNotEqual(standby.q(dead), "0", "the standby lost a pruned page")
+        self.assertEqual(standby.checksum("pr"), MAIN.checksum("pr_mirror"))
         self.assertEqual(MAIN.checksum("pr"), MAIN.checksum("pr_mirror"))
         self.assertEqual(q("SELECT count(*) FROM verify_heapam('pr')"), "0")
         self.assertEqual(MAIN.status("pr")[0], "partially offloaded")

@@ -813,6 +813,8 @@ remove_fork(YzForkEntry *e, uint64 lsn, int64 at)
 		bump();
 		pg_atomic_write_u32(&yz_shared->keys_changed, 1);
 	}
+	else if (state == YZ_FORK_PENDING)
+		bump();					/* relation caches drop has_pending */
 }
 
 int
@@ -851,6 +853,7 @@ drop_pending_of(int pid)
 {
 	dshash_seq_status scan;
 	YzForkEntry *e;
+	bool		dropped = false;
 
 	if (yz_forks == NULL)
 		return;
@@ -867,9 +870,12 @@ drop_pending_of(int pid)
 			dshash_delete_current(&scan);
 			if (DsaPointerIsValid(segs))
 				dsa_free(yz_area, segs);
+			dropped = true;
 		}
 	}
 	dshash_seq_term(&scan);
+	if (dropped)
+		bump();					/* relation caches drop has_pending */
 }
 
 uint32_t
@@ -1206,8 +1212,23 @@ void
 yz_map_note_pending_write(uint32_t spc, uint32_t db, uint32_t rel, int32_t fork,
 						  uint32_t segno)
 {
-	YzForkEntry *e = find_fork(spc, db, rel, fork, true);
+	YzForkEntry *e;
+	bool		noted = true;
 
+	/* Most write-outs find it noted already: look under a shared lock. */
+	e = find_fork(spc, db, rel, fork, false);
+	if (e == NULL)
+		return;
+	if (e->state == YZ_FORK_PENDING && e->nsegs > 0)
+	{
+		const YzSegData *s = find_seg(e, segno);
+
+		noted = s == NULL || s->touched;
+	}
+	dshash_release_lock(yz_forks, e);
+	if (noted)
+		return;
+	e = find_fork(spc, db, rel, fork, true);
 	if (e == NULL)
 		return;
 	if (e->state == YZ_FORK_PENDING && e->nsegs > 0)

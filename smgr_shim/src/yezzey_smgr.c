@@ -333,7 +333,8 @@ note_local_write(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 		if (yz_map_mark_written(l.spcOid, l.dbOid, l.relNumber, forknum,
 								blk / RELSEG_SIZE, blk % RELSEG_SIZE))
 			yezzey_map_persist(l.spcOid, l.dbOid, l.relNumber, forknum);
-		blk = (blk / RELSEG_SIZE + 1) * RELSEG_SIZE;
+		blk = (BlockNumber) Min((uint64) (blk / RELSEG_SIZE + 1) * RELSEG_SIZE,
+								(uint64) blocknum + nblocks);
 	}
 }
 
@@ -354,7 +355,8 @@ note_pending_writes(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 	{
 		yz_map_note_pending_write(l.spcOid, l.dbOid, l.relNumber, forknum,
 								  blk / RELSEG_SIZE);
-		blk = (blk / RELSEG_SIZE + 1) * RELSEG_SIZE;
+		blk = (BlockNumber) Min((uint64) (blk / RELSEG_SIZE + 1) * RELSEG_SIZE,
+								(uint64) blocknum + nblocks);
 	}
 }
 

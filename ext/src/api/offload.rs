@@ -403,7 +403,7 @@ impl<'a> Uploads<'a> {
         relations::switch_alone(self.t, |alone| {
             // Read with the relation to itself, its buffers written out:
             // nothing is written to its files after this.
-            let touched = alone.then(|| shared::touched(self.t.key));
+            let touched = alone.then(|| shared::touched(self.t.key, &self.m));
             wal::offload(&self.m, touched.as_deref())
         });
         self.m.clone()

@@ -13,9 +13,10 @@
 //!
 //! The manifest may be older than the map files (a checkpoint that could
 //! not write it): a fork it lists whose file is gone is taken as broken
-//! only if its first segment file looks offloaded, that is empty or
-//! sparse. A fork loaded back since has a whole local file, and one
-//! dropped since has none.
+//! only if one of its segment files looks offloaded, that is empty or
+//! sparse. A fork loaded back since has whole local files, and one
+//! dropped since has none. (Every segment is looked at: an offload keeps
+//! a segment whole when readers rewrote all its pages meanwhile.)
 //!
 //! Files may be newer than the WAL replay that follows ("maps from the
 //! future", `wal.rs`). Nothing is freed here: replay may yet mark segments
@@ -68,12 +69,11 @@ fn put_broken_or_fail(key: RelFork) {
     }
 }
 
-/// Whether a fork's first segment file is there and empty or sparse, as an
+/// Whether one of a fork's segment files is empty or sparse, as an
 /// evicted (and perhaps since written) segment is.
 fn looks_offloaded(key: RelFork) -> bool {
     use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata(pg::segment_path(key, 0)) {
-        Ok(md) => md.size() == 0 || md.blocks() * 512 < md.size(),
-        Err(_) => false,
-    }
+    (0..)
+        .map_while(|segno| std::fs::metadata(pg::segment_path(key, segno)).ok())
+        .any(|md| md.size() == 0 || md.blocks() * 512 < md.size())
 }

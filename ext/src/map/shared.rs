@@ -140,13 +140,14 @@ pub fn get(key: RelFork) -> Option<SharedFork> {
 }
 
 /// The segments of a fork's pending map that had blocks written out since
-/// it was put (`YzSegInfo.touched`); empty if its map is not pending.
-pub fn touched(key: RelFork) -> Vec<u32> {
+/// it was put (`YzSegInfo.touched`); every segment it names if its map is
+/// not pending (which the caller rules out: the safe answer all the same).
+pub fn touched(key: RelFork, m: &ForkMap) -> Vec<u32> {
     match map::get_fork(key.spc, key.db, key.rel, key.fork.as_i32()) {
         Some((h, segs)) if h.state == map::PENDING => {
             segs.iter().filter(|s| s.touched).map(|s| s.segno).collect()
         }
-        _ => Vec::new(),
+        _ => m.segments.iter().map(|s| s.segno).collect(),
     }
 }
 
