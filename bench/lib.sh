@@ -32,3 +32,24 @@ SELECT g, date '2020-01-01' + (g % 1500)::int, ((g * 7919) % 500000)::int, ((g *
   FROM generate_series(1::bigint, $2) g;
 SQL
 }
+
+# One cluster and Garage for a benchmark, stopped when it exits; `val` runs
+# psql against the cluster.
+start_cluster_and_garage() {
+    bash "$S/garage.sh" start >/dev/null
+    bash "$S/pg.sh" init >/dev/null
+    bash "$S/pg.sh" start
+    trap 'bash "$S/pg.sh" stop >/dev/null 2>&1; bash "$S/garage.sh" stop >/dev/null 2>&1' EXIT
+}
+val() { psql -XAtq -v ON_ERROR_STOP=1 "$@"; }
+drop_caches() {
+    sync
+    echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || echo "(could not drop the OS page cache: not root?)" >&2
+}
+# cold_restart: the cluster restarted with yezzey's cache and the OS page cache empty.
+cold_restart() {
+    bash "$S/pg.sh" stop
+    rm -rf "$YZ_RUN/pgdata/pg_yezzey/pgsql_tmp_cache"
+    drop_caches
+    bash "$S/pg.sh" start
+}

@@ -9,16 +9,8 @@
 #   bench/offload_bench.sh [ROWS] [ROUNDS]
 ROWS=${1:-10000000}; ROUNDS=${2:-3}
 source "$(dirname "$0")/lib.sh"
-bash "$S/garage.sh" start >/dev/null
-bash "$S/pg.sh" init >/dev/null
-bash "$S/pg.sh" start
-trap 'bash "$S/pg.sh" stop >/dev/null 2>&1; bash "$S/garage.sh" stop >/dev/null 2>&1' EXIT
-val() { psql -XAtq -v ON_ERROR_STOP=1 "$@"; }
+start_cluster_and_garage
 
-drop_caches() {
-    sync
-    echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || echo "(could not drop the OS page cache: not root?)" >&2
-}
 # Garage's CPU time in ms (the whole machine's is lib.sh's busy_ms).
 garage_ms() { awk -v hz="$(getconf CLK_TCK)" '{print int(($14+$15) * 1000 / hz)}' "/proc/$(cat "$YZ_RUN/garage/pid")/stat"; }
 # timed KEY TABLE PSQL-ARGS...: runs a bench_ms query, keeps its time and
@@ -30,12 +22,6 @@ timed() {
     res[$t,$k]+="$ms "
     res[$t,${k}_cpu]+="$(( $(busy_ms) - c0 )) "
     res[$t,${k}_gar]+="$(( $(garage_ms) - g0 )) "
-}
-cold_restart() {
-    bash "$S/pg.sh" stop
-    rm -rf "$YZ_RUN/pgdata/pg_yezzey/pgsql_tmp_cache"
-    drop_caches
-    bash "$S/pg.sh" start
 }
 
 echo "# offload benchmark: $ROWS rows, $ROUNDS rounds, $(nproc) cores, $(date -u +%F)"

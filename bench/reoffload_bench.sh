@@ -12,18 +12,8 @@
 #   bench/reoffload_bench.sh [ROWS] [ROUNDS]
 ROWS=${1:-20000000}; ROUNDS=${2:-3}
 source "$(dirname "$0")/lib.sh"
-bash "$S/garage.sh" start >/dev/null
-bash "$S/pg.sh" init >/dev/null
-bash "$S/pg.sh" start
-trap 'bash "$S/pg.sh" stop >/dev/null 2>&1; bash "$S/garage.sh" stop >/dev/null 2>&1' EXIT
-val() { psql -XAtq -v ON_ERROR_STOP=1 "$@"; }
+start_cluster_and_garage
 mb() { awk -v b="$1" 'BEGIN{printf "%.1f", b / 1048576}'; }
-cold_restart() {
-    bash "$S/pg.sh" stop
-    rm -rf "$YZ_RUN/pgdata/pg_yezzey/pgsql_tmp_cache"
-    sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || echo "(could not drop the OS page cache: not root?)" >&2
-    bash "$S/pg.sh" start
-}
 
 echo "# re-offload benchmark: $ROWS rows, $ROUNDS rounds, $(nproc) cores, $(date -u +%F), $(git -C "$YZ_ROOT" rev-parse --short HEAD)"
 val -c "CREATE EXTENSION yezzey" -c "

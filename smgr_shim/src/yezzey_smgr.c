@@ -313,50 +313,46 @@ read_segments(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 	}
 }
 
-/*
- * Before a write lands in a segment's remote range, records that the
- * segment has local writes, so that no read takes the remote bytes for it
- * without looking locally: in the shared map at once, in the map file now
- * if it can be written (else the fork stays dirty, and no checkpoint
- * completes until it is written: a crash before then replays the write
- * from WAL, which marks the segment again).
- */
+/* How a write-out is noted in the map before it lands (note_writes). */
+typedef enum YzNote
+{
+	/*
+	 * Into a live map's remote range: the segment has local writes, so that
+	 * no read takes the remote bytes for it without looking locally: in the
+	 * shared map at once, in the map file now if it can be written (else
+	 * the fork stays dirty, and no checkpoint completes until it is
+	 * written: a crash before then replays the write from WAL, which marks
+	 * the segment again).
+	 */
+	YZ_NOTE_WRITTEN,
+	/*
+	 * Into a relation whose map an offload is uploading (pending): the
+	 * segment is touched (YzSegInfo.touched), so the offload checks its
+	 * pages before freeing them, since these may be newer than the copies
+	 * it uploaded.
+	 */
+	YZ_NOTE_TOUCHED
+} YzNote;
+
+/* Notes a write-out of blocks [blocknum, blocknum + nblocks), segment by segment. */
 static void
-note_local_write(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
-				 BlockNumber nblocks)
+note_writes(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
+			BlockNumber nblocks, YzNote how)
 {
 	RelFileLocator l = reln->smgr_rlocator.locator;
-	BlockNumber blk = blocknum;
+	uint64		blk = blocknum;
+	uint64		end = (uint64) blocknum + nblocks;
 
-	while (blk < blocknum + nblocks)
+	while (blk < end)
 	{
-		if (yz_map_mark_written(l.spcOid, l.dbOid, l.relNumber, forknum,
-								blk / RELSEG_SIZE, blk % RELSEG_SIZE))
+		uint32		segno = (uint32) (blk / RELSEG_SIZE);
+
+		if (how == YZ_NOTE_TOUCHED)
+			yz_map_note_pending_write(l.spcOid, l.dbOid, l.relNumber, forknum, segno);
+		else if (yz_map_mark_written(l.spcOid, l.dbOid, l.relNumber, forknum,
+									 segno, (uint32) (blk % RELSEG_SIZE)))
 			yezzey_map_persist(l.spcOid, l.dbOid, l.relNumber, forknum);
-		blk = (BlockNumber) Min((uint64) (blk / RELSEG_SIZE + 1) * RELSEG_SIZE,
-								(uint64) blocknum + nblocks);
-	}
-}
-
-/*
- * Before blocks are written out to a relation whose map an offload is
- * uploading, marks their segments touched (YzSegInfo.touched): the offload
- * then checks their pages before freeing them, since these may be newer
- * than the copies it uploaded.
- */
-static void
-note_pending_writes(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
-					BlockNumber nblocks)
-{
-	RelFileLocator l = reln->smgr_rlocator.locator;
-	BlockNumber blk = blocknum;
-
-	while (blk < blocknum + nblocks)
-	{
-		yz_map_note_pending_write(l.spcOid, l.dbOid, l.relNumber, forknum,
-								  blk / RELSEG_SIZE);
-		blk = (BlockNumber) Min((uint64) (blk / RELSEG_SIZE + 1) * RELSEG_SIZE,
-								(uint64) blocknum + nblocks);
+		blk = Min((uint64) (segno + 1) * RELSEG_SIZE, end);
 	}
 }
 
@@ -409,7 +405,7 @@ write_segments(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 			}
 			while (k < run && !page_in_object(buffers[i + k], &seg, first + k))
 				k++;
-			note_local_write(reln, forknum, blk + j, k - j);
+			note_writes(reln, forknum, blk + j, k - j, YZ_NOTE_WRITTEN);
 			mdwritev(reln, forknum, blk + j, &buffers[i + j], k - j, skipFsync);
 			j = k;
 		}
@@ -492,7 +488,7 @@ yz_extend(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 		YzSegInfo	seg;
 
 		(void) segment_of(reln, forknum, blocknum, &seg);	/* refuses a lost map */
-		note_local_write(reln, forknum, blocknum, 1);
+		note_writes(reln, forknum, blocknum, 1, YZ_NOTE_WRITTEN);
 	}
 	mdextend(reln, forknum, blocknum, buffer, skipFsync);
 }
@@ -507,7 +503,7 @@ yz_zeroextend(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 		YzSegInfo	seg;
 
 		(void) segment_of(reln, forknum, blocknum, &seg);	/* refuses a lost map */
-		note_local_write(reln, forknum, blocknum, nblocks);
+		note_writes(reln, forknum, blocknum, nblocks, YZ_NOTE_WRITTEN);
 	}
 	mdzeroextend(reln, forknum, blocknum, nblocks, skipFsync);
 }
@@ -553,7 +549,7 @@ yz_writev(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 {
 	COUNT(YZ_CALL_WRITEV);
 	if (unlikely(has_pending(reln)))
-		note_pending_writes(reln, forknum, blocknum, nblocks);
+		note_writes(reln, forknum, blocknum, nblocks, YZ_NOTE_TOUCHED);
 	if (unlikely(has_remote(reln)))
 		write_segments(reln, forknum, blocknum, buffers, nblocks, skipFsync);
 	else
