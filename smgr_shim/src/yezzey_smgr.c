@@ -82,8 +82,8 @@ yz_host_verifies_pages(void)
 	return DataChecksumsEnabled() && !ignore_checksum_failure && !zero_damaged_pages;
 }
 
-static bool
-has_remote_slow(SMgrRelation reln, uint64_t gen)
+static YzRelCache *
+rel_cache_slow(SMgrRelation reln, uint64_t gen)
 {
 	YzRelCache *c = reln->smgr_private;
 	RelFileLocator l = reln->smgr_rlocator.locator;
@@ -95,37 +95,29 @@ has_remote_slow(SMgrRelation reln, uint64_t gen)
 	}
 	c->has_remote = yz_map_rel_forks(l.spcOid, l.dbOid, l.relNumber, &c->has_pending);
 	c->generation = gen;
-	return c->has_remote;
+	return c;
 }
 
-/* The hot-path test: one atomic read when nothing about the map changed. */
-static inline bool
-has_remote(SMgrRelation reln)
+/*
+ * The relation's cache, fresh: one atomic read when nothing about the map
+ * changed.
+ */
+static inline const YzRelCache *
+rel_cache(SMgrRelation reln)
 {
 	uint64_t	gen = yz_map_generation();
 	YzRelCache *c = reln->smgr_private;
 
 	if (likely(c != NULL && c->generation == gen))
-		return c->has_remote;
-	return has_remote_slow(reln, gen);
+		return c;
+	return rel_cache_slow(reln, gen);
 }
 
-/*
- * Whether an offload is uploading a fork of the relation (its map is
- * pending).  Cost when not: as has_remote's.
- */
+/* The hot-path test: whether the relation has remote segments. */
 static inline bool
-has_pending(SMgrRelation reln)
+has_remote(SMgrRelation reln)
 {
-	uint64_t	gen = yz_map_generation();
-	YzRelCache *c = reln->smgr_private;
-
-	if (!(likely(c != NULL && c->generation == gen)))
-	{
-		(void) has_remote_slow(reln, gen);
-		c = reln->smgr_private;
-	}
-	return c->has_pending;
+	return rel_cache(reln)->has_remote;
 }
 
 uint16_t
@@ -547,10 +539,13 @@ static void
 yz_writev(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 		  const void **buffers, BlockNumber nblocks, bool skipFsync)
 {
+	const YzRelCache *c = rel_cache(reln);
+
 	COUNT(YZ_CALL_WRITEV);
-	if (unlikely(has_pending(reln)))
+	/* An offload is uploading a fork of it: see YzSegInfo.touched. */
+	if (unlikely(c->has_pending))
 		note_writes(reln, forknum, blocknum, nblocks, YZ_NOTE_TOUCHED);
-	if (unlikely(has_remote(reln)))
+	if (unlikely(c->has_remote))
 		write_segments(reln, forknum, blocknum, buffers, nblocks, skipFsync);
 	else
 		mdwritev(reln, forknum, blocknum, buffers, nblocks, skipFsync);

@@ -94,10 +94,10 @@ fn evict(path: &Path, blocks: u32) -> io::Result<()> {
 }
 
 /// After an offload or a re-offload: frees, in the segments it (re)wrote
-/// (`rewritten`), every local page the new objects hold, that is every page whose LSN is
-/// at most the map's clean LSN (the new objects were read after the
-/// relation was flushed at that position, so they hold those pages or
-/// newer ones). A segment left with no other page is unwritten again: its
+/// (`rewritten`), every local page the new objects hold, that is every
+/// page whose LSN is at most the map's clean LSN (the new objects were
+/// read after the relation was flushed at that position, so they hold
+/// those pages or newer ones). A segment left with no other page is unwritten again: its
 /// file is truncated and its flag cleared (in this server's shared map
 /// only: each server judges its own files). Pages written since, which may
 /// hold what the objects lack (a reader pruning a page meanwhile), stay
