@@ -90,6 +90,8 @@ fn main() {
         .override_abi(bindgen::Abi::CUnwind, "yezzey_.*")
         .allowlist_type("YzSmgrCall")
         .allowlist_type("YzSegInfo")
+        .allowlist_type("YzLayerInfo")
+        .allowlist_var("YZ_MAX_LAYERS")
         .allowlist_type("YzForkHead")
         .allowlist_type("YzForkState")
         .allowlist_type("YzRetiring")

@@ -1,6 +1,8 @@
 """Offloading again what changed (issue 20): a relation written, shrunk by
 VACUUM and grown at its end after its offload is offloaded again without
-a load back; standbys, crash recovery, backups and GC follow.
+a load back, as layers of its changed blocks over its objects, merged
+into new objects past yezzey.max_layers; standbys, crash recovery,
+backups and GC follow.
 
 Every check compares full-table checksums with a local mirror (the same
 rows, changed by the same statements, never offloaded), and amcheck.
@@ -26,6 +28,21 @@ INSERT INTO {t}
 SELECT g, date '2024-01-01' + (g % 365), g / 7.0, md5(g::text) || '{r}'
   FROM generate_series({ROWS + r * 10_000}, {ROWS + r * 10_000 + 4_999}) g;
 VACUUM {t};""")
+
+
+def layers(c, table):
+    """Layers per segment of a table's heap, in segment order."""
+    return [int(x) for x in c.q(
+        "SELECT s.layers FROM yezzey_segments() s JOIN pg_class c ON c.relfilenode = s.relfilenode "
+        f"WHERE c.oid = '{table}'::regclass AND s.fork = 'main' ORDER BY s.segno").split()]
+
+
+def reoffload(c, table, max_layers=None):
+    """Offloads `table` again; the raw bytes it uploaded for the table."""
+    setting = f"SET yezzey.max_layers = {max_layers}; " if max_layers is not None else ""
+    out = c.psql(f"{setting}SELECT relation, local_bytes FROM yezzey_offload_relation('{table}')")
+    rows = dict(r.split("|") for r in out.stdout.split())
+    return int(rows[table])
 
 
 def heap_and_index_ok(c, table):
@@ -59,7 +76,8 @@ class Reoffload(unittest.TestCase):
 
     def test_rounds_of_changes_with_a_standby_and_a_backup(self):
         """Several rounds of updates, deletes with VACUUM and appends, each
-        offloaded again: the rows stay those of the mirror on the primary
+        offloaded again as a layer or merged into new objects: the rows stay
+        those of the mirror on the primary
         and on a standby, amcheck is clean, nothing is local afterwards
         (also on the standby), a base backup taken between two rounds
         restores to its rows after later rounds and GC, and GC then keeps
@@ -74,20 +92,37 @@ class Reoffload(unittest.TestCase):
         try:
             standby.start()
             backup_rows = None
-            for r in range(1, 5):
+            history = [0]
+            for r in range(1, 6):
                 change(MAIN, "ev", r)
+                # Status counts the local pages: those still in buffers first.
+                MAIN.q("CHECKPOINT")
                 state, local = MAIN.status("ev")
                 self.assertEqual(state, "partially offloaded")
                 self.assertGreater(local, 0)
-                again = int(MAIN.q("SELECT reoffload_bytes FROM yezzey_relation_status('ev')"))
+                max_layers = 2 if r < 5 else 0
+                again = int(MAIN.psql(f"SET yezzey.max_layers = {max_layers}; "
+                                      "SELECT reoffload_bytes FROM yezzey_relation_status('ev')").stdout)
                 self.assertGreater(again, 0)
                 old = MAIN.referenced_objects()
                 t0 = time.time()
-                out = MAIN.psql("SELECT relation, local_bytes, remote_bytes FROM yezzey_offload_relation('ev')")
+                uploaded = reoffload(MAIN, "ev", max_layers)
                 took = time.time() - t0
-                uploaded = {row.split("|")[0]: int(row.split("|")[1]) for row in out.stdout.split()}
-                print(f"\n  round {r}: {local / 2**20:.1f} MB local -> re-offloaded {uploaded} in {took:.1f}s")
-                self.assertEqual(uploaded["ev"], again, "a re-offload uploads what status announced")
+                print(f"\n  round {r}: {local / 2**20:.1f} MB local -> re-offloaded {uploaded / 2**20:.1f} MB "
+                      f"of {size / 2**20:.0f} MB in {took:.1f}s, layers {layers(MAIN, 'ev')}")
+                self.assertEqual(uploaded, again, "a re-offload uploads what status announced")
+                # A round adds a layer of the changed blocks, or merges the
+                # layers into a new object once they would be more than two
+                # or hold more than half the blocks; the last round merges
+                # (yezzey.max_layers = 0).
+                (now,) = layers(MAIN, "ev")
+                if r == 1 or now == history[-1] + 1:
+                    self.assertLess(uploaded, size // 2, f"round {r}: a layer holds the changed blocks only")
+                else:
+                    self.assertEqual(now, 0, f"round {r}: merged")
+                    self.assertGreaterEqual(uploaded, size * 9 // 10, f"round {r}: merged")
+                self.assertEqual(now, {1: 1, 5: 0}.get(r, now), f"round {r}")
+                history.append(now)
                 self.assertEqual(MAIN.status("ev"), ("offloaded", 0), f"round {r}")
                 self.assertEqual(MAIN.q("SELECT reoffload_bytes FROM yezzey_relation_status('ev')"), "0")
                 self.assertNotEqual(MAIN.referenced_objects(), old, "new objects")
@@ -105,7 +140,8 @@ class Reoffload(unittest.TestCase):
             standby.restart(wipe_cache=True)
             standby.caught_up_with(MAIN)
             self.same(standby, "ev", "after a restart with an empty cache")
-            # GC keeps what the backup (taken before rounds 3 and 4) needs.
+            self.assertIn(0, history[3:], "a merge between the backup and its restore")
+            # GC keeps what the backup (taken before rounds 3 to 5) needs.
             MAIN.q("CHECKPOINT; SELECT * FROM yezzey_gc()")
             self.assertIn("retired after the backup", MAIN.q(
                 "SELECT string_agg(DISTINCT reason, ';') FROM yezzey_gc_plan() WHERE verdict = 'hold'"))
@@ -126,6 +162,41 @@ class Reoffload(unittest.TestCase):
         time.sleep(0.3)
         self.assert_no_garbage_after_gc()
         self.same(MAIN, "ev", "after GC")
+
+    def test_appends_upload_only_the_new_blocks(self):
+        """An append-only table (AO segments grow this way) offloaded again
+        after each batch of inserts uploads the new blocks and the page
+        the batch began in, and reads the same rows in every round."""
+        # Rows of one width, as an append-only log has: no page keeps room
+        # for another, so new rows go to new pages (and the last one).
+        rows = "SELECT g, date '2024-01-01', 1.5, md5(g::text) FROM generate_series({}, {}) g"
+        for t in ("ap", "ap_m"):
+            MAIN.q(f"DROP TABLE IF EXISTS {t}; CREATE TABLE {t} (id int PRIMARY KEY, day date, amount numeric, note text); "
+                   f"INSERT INTO {t} {rows.format(1, 200_000)}; VACUUM (FREEZE) {t}")
+        MAIN.q("SELECT * FROM yezzey_offload_relation('ap')")
+        # pg_relation_size() counts the local files: the table's length in
+        # blocks is what the storage manager says.
+        nblocks = "SELECT logical_bytes / 8192 FROM yezzey_relation_status('ap')"
+        blocks = int(MAIN.q(nblocks))
+        for r in range(1, 4):
+            for t in ("ap", "ap_m"):
+                MAIN.q(f"INSERT INTO {t} {rows.format(300_000 * r, 300_000 * r + 19_999)}; VACUUM (FREEZE) {t}")
+            now = int(MAIN.q(nblocks))
+            uploaded = reoffload(MAIN, "ap")
+            print(f"\n  round {r}: {now - blocks} new blocks, uploaded {uploaded // 8192} blocks")
+            self.assertGreaterEqual(uploaded // 8192, now - blocks)
+            self.assertLessEqual(uploaded // 8192, now - blocks + 1, f"round {r}")
+            self.assertEqual(layers(MAIN, "ap"), [r])
+            self.assertEqual(MAIN.status("ap"), ("offloaded", 0))
+            self.same(MAIN, "ap", f"round {r}")
+            blocks = now
+        MAIN.restart(wipe_cache=True)
+        self.same(MAIN, "ap", "after a restart with an empty cache")
+        self.assertTrue(heap_and_index_ok(MAIN, "ap"))
+        # Loaded back, layers included.
+        MAIN.q("SELECT * FROM yezzey_load_relation('ap')")
+        self.assertEqual(MAIN.status("ap")[0], "local")
+        self.same(MAIN, "ap", "loaded back")
 
     def test_readers_during_a_reoffload(self):
         """Queries running all along a re-offload (setting hint bits,

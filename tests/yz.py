@@ -168,8 +168,9 @@ class Cluster:
 
     # --- yezzey's view of things ---
     def referenced_objects(self):
-        """Objects this cluster's maps name (all databases)."""
-        return set(self.q("SELECT object FROM yezzey_segments()").split())
+        """Objects this cluster's maps name (all databases): bases and layers."""
+        return set(self.q("SELECT object FROM yezzey_segments() "
+                          "UNION ALL SELECT unnest(layer_objects) FROM yezzey_segments()").split())
 
     def member(self):
         return self.q("SELECT member FROM yezzey_lineage WHERE is_self")

@@ -7,7 +7,9 @@ use std::rc::Rc;
 use yezzey_smgr_shim::SegInfo;
 use yezzey_storage::cache::HitCheck;
 use yezzey_storage::key::{Fork, MemberId, ObjectId, RelFork, BLOCK_SIZE};
+use yezzey_storage::layers;
 use yezzey_storage::names::{ObjectName, SegmentId};
+use yezzey_storage::reader::RemoteReader;
 
 /// A page PostgreSQL verifies itself on read: any but a new one (`pd_upper`
 /// 0), which passes its check only if all zero, so a damaged cache entry
@@ -30,10 +32,11 @@ fn hit_check(seg: &SegInfo) -> HitCheck {
     }
 }
 
-/// The object behind a shared-map entry. Objects of the whole lineage share
-/// this server's system id (and content id); the writer is the entry's.
-fn name_of(seg: &SegInfo) -> ObjectName {
-    ObjectName {
+/// The name of object `id` of a shared-map entry's segment. Objects of
+/// the whole lineage share this server's system id (and content id); the
+/// writer is the entry's.
+fn name_of(seg: &SegInfo, id: [u8; 16]) -> Rc<str> {
+    let name = ObjectName {
         segment: SegmentId {
             system_id: pg::system_id(),
             content: settings::content_id(),
@@ -46,48 +49,110 @@ fn name_of(seg: &SegInfo) -> ObjectName {
             segfile: seg.segno,
         },
         writer: (seg.writer != 0).then_some(MemberId(seg.writer)),
-        object_id: ObjectId(seg.object_id),
-    }
+        object_id: ObjectId(id),
+    };
+    name.relative().into()
 }
 
-type SegKey = (u32, u32, u32, i32, u32, [u8; 16], u64);
+/// A segment's object names: its base, then its layers oldest first.
+struct Names {
+    base: Rc<str>,
+    layers: Vec<Rc<str>>,
+}
+
+/// What identifies a segment's objects: relation fork, segment, writer,
+/// and the ids of its base and layers.
+type SegKey = (u32, u32, u32, i32, u32, u64, Vec<[u8; 16]>);
+
+fn seg_key(seg: &SegInfo) -> SegKey {
+    let layers = &seg.layers[..seg.nlayers as usize];
+    let ids = std::iter::once(seg.object_id)
+        .chain(layers.iter().map(|l| l.object_id))
+        .collect();
+    (
+        seg.spc, seg.db, seg.rel, seg.fork, seg.segno, seg.writer, ids,
+    )
+}
 
 thread_local! {
-    /// The last segment's object name: a scan reads one segment for a while,
-    /// and formatting the name on every read shows in profiles.
-    static LAST_NAME: RefCell<Option<(SegKey, Rc<str>)>> = const { RefCell::new(None) };
+    /// The last segment's object names: a scan reads one segment for a
+    /// while, and formatting names on every read shows in profiles.
+    static LAST_NAMES: RefCell<Option<(SegKey, Rc<Names>)>> = const { RefCell::new(None) };
 }
 
-fn object_name(seg: &SegInfo) -> Rc<str> {
-    let key = (
-        seg.spc,
-        seg.db,
-        seg.rel,
-        seg.fork,
-        seg.segno,
-        seg.object_id,
-        seg.writer,
-    );
-    LAST_NAME.with_borrow_mut(|last| match last {
-        Some((k, name)) if *k == key => name.clone(),
+fn names(seg: &SegInfo) -> Rc<Names> {
+    let key = seg_key(seg);
+    LAST_NAMES.with_borrow_mut(|last| match last {
+        Some((k, names)) if *k == key => names.clone(),
         _ => {
-            let name: Rc<str> = name_of(seg).relative().into();
-            *last = Some((key, name.clone()));
-            name
+            let names = Rc::new(Names {
+                base: name_of(seg, seg.object_id),
+                layers: seg.layers[..seg.nlayers as usize]
+                    .iter()
+                    .map(|l| name_of(seg, l.object_id))
+                    .collect(),
+            });
+            *last = Some((key, names.clone()));
+            names
         }
     })
+}
+
+/// Blocks `first..first + n` of a segment, cut by the object that serves
+/// them ([`layers::resolve`]): (object name, first block in its raw bytes,
+/// blocks). One piece of the base for a segment without layers.
+fn pieces(
+    reader: &RemoteReader,
+    seg: &SegInfo,
+    first: u32,
+    n: u32,
+) -> yezzey_storage::Result<Vec<(Rc<str>, u32, u32)>> {
+    let names = names(seg);
+    if names.layers.is_empty() {
+        return Ok(vec![(names.base.clone(), first, n)]);
+    }
+    let layouts = names
+        .layers
+        .iter()
+        .map(|name| reader.layout_blocking(name))
+        .collect::<yezzey_storage::Result<Vec<_>>>()?;
+    let mut index = Vec::with_capacity(layouts.len());
+    for (l, name) in layouts.iter().zip(&names.layers) {
+        match &l.layer {
+            Some(i) if i.head.base == seg.object_id => index.push(i),
+            _ => {
+                return Err(yezzey_storage::Error::corrupt(
+                    name,
+                    "not a layer over the segment's object",
+                ))
+            }
+        }
+    }
+    Ok(layers::resolve(&index, first, n)
+        .into_iter()
+        .map(|p| {
+            let name = p.layer.map_or(&names.base, |i| &names.layers[i]);
+            (name.clone(), p.at, p.count)
+        })
+        .collect())
 }
 
 /// Fills `bufs` (one page each) with blocks `first..` of an offloaded
 /// segment, or raises the failure as an ERROR.
 pub fn read(seg: &SegInfo, first: u32, bufs: &mut [&mut [u8]]) {
     let storage = settings::storage();
-    let name = object_name(seg);
-    let offset = first as u64 * BLOCK_SIZE as u64;
-    if let Err(e) = storage
-        .reader
-        .read_blocks_blocking(&name, offset, bufs, hit_check(seg))
-    {
+    let reader = &storage.reader;
+    let result = pieces(reader, seg, first, bufs.len() as u32).and_then(|pieces| {
+        let mut rest = &mut bufs[..];
+        for (name, at, n) in pieces {
+            let (now, later) = rest.split_at_mut(n as usize);
+            let offset = at as u64 * BLOCK_SIZE as u64;
+            reader.read_blocks_blocking(&name, offset, now, hit_check(seg))?;
+            rest = later;
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
         errors::report(
             e,
             &format!(
@@ -103,13 +168,20 @@ pub fn read(seg: &SegInfo, first: u32, bufs: &mut [&mut [u8]]) {
     }
 }
 
-/// Starts fetching blocks PostgreSQL announced it will read.
+/// Starts fetching blocks PostgreSQL announced it will read (a hint: a
+/// failure to look up the layers is left to the read).
 pub fn prefetch(seg: &SegInfo, first: u32, n: u32) {
     let storage = settings::storage();
-    storage.reader.prefetch(
-        &object_name(seg),
-        first as u64 * BLOCK_SIZE as u64,
-        n as u64 * BLOCK_SIZE as u64,
-        hit_check(seg),
-    );
+    let reader = &storage.reader;
+    let Ok(pieces) = pieces(reader, seg, first, n) else {
+        return;
+    };
+    for (name, at, n) in pieces {
+        reader.prefetch(
+            &name,
+            at as u64 * BLOCK_SIZE as u64,
+            n as u64 * BLOCK_SIZE as u64,
+            hit_check(seg),
+        );
+    }
 }

@@ -36,6 +36,8 @@ pub static READAHEAD_KB: GucSetting<i32> = GucSetting::<i32>::new(8192);
 pub static TIMEOUT_S: GucSetting<i32> = GucSetting::<i32>::new(30);
 pub static FRAME_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
 pub static ZSTD_LEVEL: GucSetting<i32> = GucSetting::<i32>::new(1);
+pub static MAX_LAYERS: GucSetting<i32> =
+    GucSetting::<i32>::new(yezzey_smgr_shim::MAX_LAYERS as i32);
 pub static CONTENT_ID: GucSetting<i32> = GucSetting::<i32>::new(-1);
 pub static GC_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
 pub static BACKUP_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
@@ -177,6 +179,16 @@ fn define_new_objects() {
         &ZSTD_LEVEL,
         0,
         22,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"yezzey.max_layers",
+        c"How many layers of changed blocks a re-offload may put over a segment's object before it rewrites the segment whole.",
+        c"A re-offload uploads only a segment's changed and appended blocks, as a layer over its object, until the segment has this many layers or its layers hold more than half its blocks; then it merges them into one new object. 0 always rewrites changed segments whole.",
+        &MAX_LAYERS,
+        0,
+        yezzey_smgr_shim::MAX_LAYERS as i32,
+        GucContext::Userset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
@@ -473,6 +485,13 @@ fn assemble(
 }
 
 /// The Greenplum content id of this server (-1 for PostgreSQL).
+/// Layers a re-offload may put over a segment (`yezzey.max_layers`).
+pub fn max_layers() -> usize {
+    MAX_LAYERS
+        .get()
+        .clamp(0, yezzey_smgr_shim::MAX_LAYERS as i32) as usize
+}
+
 pub fn content_id() -> i32 {
     CONTENT_ID.get()
 }

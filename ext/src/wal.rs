@@ -197,9 +197,11 @@ fn apply_map(mut m: ForkMap) -> Option<ForkMap> {
                 m.evicted |= cur.map.evicted;
             }
             // A segment the map shares with this one (the same offload, or
-            // one a re-offload kept) keeps its local writes and truncations.
+            // one a re-offload kept as it was: the same base and layers; one
+            // that gained a layer may be longer) keeps its local writes and
+            // truncations.
             for s in &mut m.segments {
-                if let Some(c) = cur.map.segments.iter().find(|c| c.object_id == s.object_id) {
+                if let Some(c) = cur.map.segments.iter().find(|c| c.same_objects(s)) {
                     s.written |= c.written;
                     s.blocks = s.blocks.min(c.blocks);
                 }

@@ -88,7 +88,10 @@ pub fn page_checksum(page: &[u8], blkno: u32) -> u16 {
 }
 
 /// One offloaded segment as the shared map holds it.
+pub use ffi::YzLayerInfo as LayerInfo;
 pub use ffi::YzSegInfo as SegInfo;
+/// Layers a segment may have over its base object (`YZ_MAX_LAYERS`).
+pub const MAX_LAYERS: usize = ffi::YZ_MAX_LAYERS as usize;
 
 /// The functions the shim calls in the extension, as the header declares
 /// them: the extension checks its definitions against these.
@@ -124,6 +127,8 @@ pub mod map {
     pub const BROKEN: u8 = ffi::YzForkState::YZ_FORK_BROKEN as u8;
 
     /// What the map says of one segment.
+    // Returned once per lookup, never stored: boxing would only allocate.
+    #[allow(clippy::large_enum_variant)]
     #[derive(Debug, Clone, Copy)]
     pub enum Lookup {
         Found(SegInfo),

@@ -77,6 +77,8 @@ typedef struct YzSegData
 	uint64		stored_len;
 	bool		written;
 	bool		touched;		/* see YzSegInfo */
+	uint32		nlayers;
+	YzLayerInfo layers[YZ_MAX_LAYERS];
 } YzSegData;
 
 typedef struct YzForkEntry
@@ -471,6 +473,29 @@ fill_info(const YzForkEntry *e, const YzSegData *s, YzSegInfo *out)
 	out->written = s->written;
 	out->touched = s->touched;
 	out->page_checksums = e->page_checksums;
+	out->nlayers = s->nlayers;
+	memcpy(out->layers, s->layers, sizeof(YzLayerInfo) * s->nlayers);
+}
+
+/* Whether two segments are served by the same objects (base and layers). */
+static bool
+same_objects(const YzSegData *a, const YzSegData *b)
+{
+	return memcmp(a->object_id, b->object_id, 16) == 0 &&
+		a->nlayers == b->nlayers &&
+		memcmp(a->layers, b->layers, sizeof(YzLayerInfo) * a->nlayers) == 0;
+}
+
+/* Whether a segment is served by an object, as its base or as a layer. */
+static bool
+seg_names(const YzSegData *s, const uint8 *object_id)
+{
+	if (memcmp(s->object_id, object_id, 16) == 0)
+		return true;
+	for (uint32 k = 0; k < s->nlayers; k++)
+		if (memcmp(s->layers[k].object_id, object_id, 16) == 0)
+			return true;
+	return false;
 }
 
 int
@@ -549,6 +574,8 @@ alloc_segs(const YzSegInfo *segs, uint32 nsegs, bool within_limit)
 		arr[i].stored_len = segs[i].stored_len;
 		arr[i].written = segs[i].written;
 		arr[i].touched = segs[i].touched;
+		arr[i].nlayers = Min(segs[i].nlayers, YZ_MAX_LAYERS);
+		memcpy(arr[i].layers, segs[i].layers, sizeof(YzLayerInfo) * arr[i].nlayers);
 	}
 	return dp;
 }
@@ -786,20 +813,30 @@ remove_fork(YzForkEntry *e, uint64 lsn, int64 at)
 	{
 		const YzSegData *s = dsa_get_address(yz_area, segs);
 
+		/* Every object of every segment: its base (k = 0), then its layers. */
 		for (uint32 i = 0; i < e->nsegs; i++)
-		{
-			YzRetiringEntry *r;
-			bool		found;
+			for (uint32 k = 0; k <= s[i].nlayers; k++)
+			{
+				const uint8 *id = k == 0 ? s[i].object_id : s[i].layers[k - 1].object_id;
+				YzRetiringEntry *r;
+				bool		found;
 
-			r = dshash_find_or_insert(yz_retiring, s[i].object_id, &found);
-			fill_info(e, &s[i], &r->r.seg);
-			r->r.content = e->content;
-			r->r.owner_pid = 0;
-			r->r.hold = YZ_HOLD_NONE;
-			r->r.lsn = lsn;
-			r->r.at = at;
-			dshash_release_lock(yz_retiring, r);
-		}
+				r = dshash_find_or_insert(yz_retiring, id, &found);
+				fill_info(e, &s[i], &r->r.seg);
+				memcpy(r->r.seg.object_id, id, 16);
+				if (k > 0)
+				{
+					r->r.seg.raw_len = s[i].layers[k - 1].raw_len;
+					r->r.seg.stored_len = s[i].layers[k - 1].stored_len;
+				}
+				r->r.seg.nlayers = 0;
+				r->r.content = e->content;
+				r->r.owner_pid = 0;
+				r->r.hold = YZ_HOLD_NONE;
+				r->r.lsn = lsn;
+				r->r.at = at;
+				dshash_release_lock(yz_retiring, r);
+			}
 	}
 	if (state != 0)
 		count(&key, state, 0);
@@ -975,7 +1012,7 @@ static bool
 in_segs(const YzSegData *s, uint32 n, const uint8 *object_id)
 {
 	for (uint32 i = 0; i < n; i++)
-		if (memcmp(s[i].object_id, object_id, 16) == 0)
+		if (seg_names(&s[i], object_id))
 			return true;
 	return false;
 }
@@ -1001,10 +1038,14 @@ yz_map_promote(const YzForkHead *head)
 	now = dsa_get_address(yz_area, e->next_segs);
 	nnow = e->next_nsegs;
 	was = e->nsegs > 0 ? dsa_get_address(yz_area, e->segs) : NULL;
-	/* What happened meanwhile to the segments the switch keeps. */
+	/*
+	 * What happened meanwhile to the segments the switch keeps as they were
+	 * (same base, same layers: one that gains a layer is a new segment,
+	 * whose range may be longer than the old one's).
+	 */
 	for (uint32 i = 0; i < nnow; i++)
 		for (uint32 j = 0; was != NULL && j < e->nsegs; j++)
-			if (memcmp(now[i].object_id, was[j].object_id, 16) == 0)
+			if (same_objects(&now[i], &was[j]))
 			{
 				now[i].written |= was[j].written;
 				now[i].remote_blocks = Min(now[i].remote_blocks, was[j].remote_blocks);

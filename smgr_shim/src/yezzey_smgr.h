@@ -63,6 +63,23 @@ extern uint64_t yz_smgr_opened_md(void);
  * can be done and by every checkpoint (which fails while they cannot be).
  */
 
+/*
+ * At most this many layers lie over a segment's base object (a re-offload
+ * that would add one more merges them into a new base instead).
+ */
+#define YZ_MAX_LAYERS 8
+
+/*
+ * A layer over a segment's base object: blocks a re-offload uploaded, which
+ * the object's own footer lists (storage/src/layers.rs).
+ */
+typedef struct YzLayerInfo
+{
+	uint8_t		object_id[16];
+	uint64_t	raw_len;
+	uint64_t	stored_len;
+} YzLayerInfo;
+
 /* A segment as readers see it, and as the map lists it. */
 typedef struct YzSegInfo
 {
@@ -86,6 +103,13 @@ typedef struct YzSegInfo
 	/* Bytes of the segment file uploaded, and of its object. */
 	uint64_t	raw_len;
 	uint64_t	stored_len;
+	/*
+	 * Layers over the base object (object_id), oldest first: a block is
+	 * read from the newest layer holding it, else from the base.  On the
+	 * retiring list an entry names one object (object_id) and has none.
+	 */
+	uint32_t	nlayers;
+	YzLayerInfo layers[YZ_MAX_LAYERS];
 	/*
 	 * A block of the remote range was written locally since the offload, or
 	 * the offload has not freed the local copy yet (it frees the pages the

@@ -25,8 +25,20 @@
 //!   compressed), frame_size u32 (12), frame_count u32 (16), key id u32 (20),
 //!   raw_len u64 (24), footer offset u64 (32), footer length u32 (40), zstd
 //!   level i32 (44), object id [16] (48), xxh3_128 of the raw file [16] (64),
-//!   footer authenticator [16] (80), reserved zeros (96..120), magic again
-//!   (120..128).
+//!   footer authenticator [16] (80), then (96..120) zeros, or for a layer
+//!   object (flag bit 2) its run count u32 (96), its base object's id [16]
+//!   (100) and its layer number u32 (116), and the magic again (120..128).
+//!
+//! **Layer objects.** A re-offload uploads only the blocks of a segment
+//! that changed since the segment's objects were written, as a *layer*
+//! over the segment's *base* object (`state::map`, `layers`). Its raw bytes
+//! are the changed blocks one after another, in block order; its footer
+//! index is followed by its block runs, 8 bytes each, little-endian:
+//! `start u32 | len u32` (segment block numbers, ascending, not
+//! overlapping, none empty, adding up to the raw length). The runs are part
+//! of the footer, so the footer authenticator covers them, and the base id
+//! and layer number in the trailer: a layer cannot be passed off as
+//! another's or as lying over another base.
 //!
 //! The trailer comes last so that one suffix-range GET (`bytes=-65536`) reads
 //! the trailer and, for segments up to 2.6 GiB at 1 MiB frames, the whole
@@ -63,6 +75,9 @@ pub const TAIL_PREFETCH: u64 = 64 * 1024;
 
 const FLAG_ENCRYPTED: u16 = 1;
 const FLAG_COMPRESSED: u16 = 2;
+const FLAG_LAYER: u16 = 4;
+/// Bytes of one block run in a layer object's footer.
+pub const RUN_LEN: usize = 8;
 const RAW_STORED_BIT: u32 = 1 << 31;
 
 /// How objects are written.
@@ -141,6 +156,77 @@ impl FrameEntry {
     }
 }
 
+/// Consecutive blocks `[start, start + len)` of a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockRun {
+    pub start: u32,
+    pub len: u32,
+}
+
+impl BlockRun {
+    pub fn end(&self) -> u32 {
+        self.start + self.len
+    }
+}
+
+/// What makes an object a layer: the base it lies over, its place among
+/// that base's layers (1 for the first), and the blocks it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    pub base: [u8; 16],
+    pub seq: u32,
+    pub runs: Vec<BlockRun>,
+}
+
+/// A layer object's trailer fields (its runs are in the footer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerHead {
+    pub base: [u8; 16],
+    pub seq: u32,
+    pub runs: u32,
+}
+
+/// A layer's runs, ready for lookups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerIndex {
+    pub head: LayerHead,
+    pub runs: Vec<BlockRun>,
+    /// Blocks held by the runs before run `i`.
+    before: Vec<u32>,
+}
+
+impl LayerIndex {
+    fn new(head: LayerHead, runs: Vec<BlockRun>) -> LayerIndex {
+        let before = runs
+            .iter()
+            .scan(0u32, |acc, r| {
+                let b = *acc;
+                *acc += r.len;
+                Some(b)
+            })
+            .collect();
+        LayerIndex { head, runs, before }
+    }
+
+    /// Where block `block` of the segment is in the layer's raw bytes, in
+    /// blocks, and how many blocks from there on the layer holds in a row.
+    pub fn find(&self, block: u32) -> Option<(u32, u32)> {
+        let i = self.runs.partition_point(|r| r.end() <= block);
+        let r = self.runs.get(i).filter(|r| r.start <= block)?;
+        Some((self.before[i] + block - r.start, r.end() - block))
+    }
+
+    /// The first block at or after `block` that the layer holds.
+    pub fn next_at_or_after(&self, block: u32) -> Option<u32> {
+        let i = self.runs.partition_point(|r| r.end() <= block);
+        self.runs.get(i).map(|r| r.start.max(block))
+    }
+
+    pub fn blocks(&self) -> u64 {
+        self.runs.iter().map(|r| r.len as u64).sum()
+    }
+}
+
 /// The fixed-size record at the end of every object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trailer {
@@ -157,6 +243,8 @@ pub struct Trailer {
     pub object_id: [u8; 16],
     pub raw_checksum: [u8; 16],
     pub footer_auth: [u8; 16],
+    /// Set for a layer object.
+    pub layer: Option<LayerHead>,
 }
 
 impl Trailer {
@@ -165,7 +253,8 @@ impl Trailer {
         b[0..8].copy_from_slice(&TRAILER_MAGIC);
         b[8..10].copy_from_slice(&self.version.to_le_bytes());
         let flags = if self.encrypted { FLAG_ENCRYPTED } else { 0 }
-            | if self.compressed { FLAG_COMPRESSED } else { 0 };
+            | if self.compressed { FLAG_COMPRESSED } else { 0 }
+            | if self.layer.is_some() { FLAG_LAYER } else { 0 };
         b[10..12].copy_from_slice(&flags.to_le_bytes());
         b[12..16].copy_from_slice(&self.frame_size.to_le_bytes());
         b[16..20].copy_from_slice(&self.frame_count.to_le_bytes());
@@ -177,6 +266,11 @@ impl Trailer {
         b[48..64].copy_from_slice(&self.object_id);
         b[64..80].copy_from_slice(&self.raw_checksum);
         b[80..96].copy_from_slice(&self.footer_auth);
+        if let Some(l) = &self.layer {
+            b[96..100].copy_from_slice(&l.runs.to_le_bytes());
+            b[100..116].copy_from_slice(&l.base);
+            b[116..120].copy_from_slice(&l.seq.to_le_bytes());
+        }
         b[120..128].copy_from_slice(&TRAILER_MAGIC);
         b
     }
@@ -198,12 +292,20 @@ impl Trailer {
             ));
         }
         let flags = u16::from_le_bytes([b[10], b[11]]);
-        if flags & !(FLAG_ENCRYPTED | FLAG_COMPRESSED) != 0 || b[96..120].iter().any(|&x| x != 0) {
+        let is_layer = flags & FLAG_LAYER != 0;
+        if flags & !(FLAG_ENCRYPTED | FLAG_COMPRESSED | FLAG_LAYER) != 0
+            || (!is_layer && b[96..120].iter().any(|&x| x != 0))
+        {
             return Err(Error::corrupt(
                 name,
                 "unknown flags or reserved bytes set in trailer",
             ));
         }
+        let layer = is_layer.then(|| LayerHead {
+            runs: u32_at(96),
+            base: b[100..116].try_into().unwrap(),
+            seq: u32_at(116),
+        });
         Ok(Trailer {
             version,
             encrypted: flags & FLAG_ENCRYPTED != 0,
@@ -218,6 +320,7 @@ impl Trailer {
             object_id: b[48..64].try_into().unwrap(),
             raw_checksum: b[64..80].try_into().unwrap(),
             footer_auth: b[80..96].try_into().unwrap(),
+            layer,
         })
     }
 
@@ -491,6 +594,7 @@ pub struct ObjectWriter {
     offset: u64,
     raw_len: u64,
     hasher: Xxh3,
+    layer: Option<Layer>,
 }
 
 impl ObjectWriter {
@@ -506,8 +610,15 @@ impl ObjectWriter {
             offset: LEAD_LEN,
             raw_len: 0,
             hasher: Xxh3::new(),
+            layer: None,
         };
         (w, LEAD_MAGIC.to_vec())
+    }
+
+    /// Makes the object a layer holding `layer.runs`, whose blocks are its
+    /// raw bytes in order (checked by [`finish`](Self::finish)).
+    pub fn set_layer(&mut self, layer: Layer) {
+        self.layer = Some(layer);
     }
 
     pub fn codec(&self) -> &std::sync::Arc<ObjectCodec> {
@@ -544,9 +655,24 @@ impl ObjectWriter {
 
     /// Finishes the object: returns the footer index and trailer bytes, and the trailer.
     pub fn finish(self) -> (Vec<u8>, Trailer) {
-        let mut footer = Vec::with_capacity(self.entries.len() * FOOTER_ENTRY_LEN + TRAILER_LEN);
+        let runs = self.layer.as_ref().map_or(&[][..], |l| &l.runs[..]);
+        let mut footer = Vec::with_capacity(
+            self.entries.len() * FOOTER_ENTRY_LEN + runs.len() * RUN_LEN + TRAILER_LEN,
+        );
         for e in &self.entries {
             e.encode(&mut footer);
+        }
+        for r in runs {
+            footer.extend_from_slice(&r.start.to_le_bytes());
+            footer.extend_from_slice(&r.len.to_le_bytes());
+        }
+        if let Some(l) = &self.layer {
+            let blocks: u64 = l.runs.iter().map(|r| r.len as u64).sum();
+            assert_eq!(
+                blocks * BLOCK_SIZE as u64,
+                self.raw_len,
+                "a layer's runs must add up to its bytes"
+            );
         }
         let mut t = Trailer {
             version: FORMAT_VERSION,
@@ -562,6 +688,11 @@ impl ObjectWriter {
             object_id: self.codec.object_id,
             raw_checksum: self.hasher.digest128().to_le_bytes(),
             footer_auth: [0; 16],
+            layer: self.layer.as_ref().map(|l| LayerHead {
+                base: l.base,
+                seq: l.seq,
+                runs: l.runs.len() as u32,
+            }),
         };
         t.footer_auth = self.codec.footer_auth(&t, &footer);
         footer.extend_from_slice(&t.to_bytes());
@@ -576,8 +707,23 @@ pub fn encode_all(
     opts: &FormatOptions,
     keys: &KeyRing,
 ) -> Result<(Vec<u8>, Trailer)> {
+    encode_object(name, raw, opts, keys, None)
+}
+
+/// Encodes a whole in-memory file, as a layer if `layer` is given (its
+/// runs' blocks are `raw`, in order).
+pub fn encode_object(
+    name: &str,
+    raw: &[u8],
+    opts: &FormatOptions,
+    keys: &KeyRing,
+    layer: Option<Layer>,
+) -> Result<(Vec<u8>, Trailer)> {
     let codec = std::sync::Arc::new(ObjectCodec::for_writing(name, new_object_id(), opts, keys)?);
     let (mut w, mut out) = ObjectWriter::new(codec, opts);
+    if let Some(l) = layer {
+        w.set_layer(l);
+    }
     for (i, chunk) in raw.chunks(opts.frame_size as usize).enumerate() {
         let f = w.codec().encode_frame(i as u32, chunk);
         out.extend(w.push(chunk, f));
@@ -591,11 +737,15 @@ pub fn encode_all(
 pub struct ObjectLayout {
     pub trailer: Trailer,
     pub frames: Vec<FrameEntry>,
+    /// A layer object's runs.
+    pub layer: Option<LayerIndex>,
     pub object_len: u64,
     codec: ObjectCodec,
 }
 
 /// The result of looking at an object's last bytes.
+// Returned once per parse and unpacked at once: boxing would only allocate.
+#[allow(clippy::large_enum_variant)]
 pub enum TailParse {
     Complete(ObjectLayout),
     /// The index starts before the bytes given: fetch from `start` to the end.
@@ -622,7 +772,8 @@ impl ObjectLayout {
             ));
         }
         let t = Trailer::from_bytes(name, &tail[tail.len() - TRAILER_LEN..])?;
-        let expect_len = (t.frame_count as u64) * FOOTER_ENTRY_LEN as u64;
+        let nruns = t.layer.map_or(0, |l| l.runs as u64);
+        let expect_len = (t.frame_count as u64) * FOOTER_ENTRY_LEN as u64 + nruns * RUN_LEN as u64;
         if t.footer_len as u64 != expect_len
             || t.footer_offset + t.footer_len as u64 + TRAILER_LEN as u64 != object_len
             || t.footer_offset < LEAD_LEN
@@ -655,10 +806,15 @@ impl ObjectLayout {
                 "footer failed authentication (altered, foreign object or wrong key)",
             ));
         }
-        let frames: Vec<FrameEntry> = footer
+        let (index, run_bytes) = footer.split_at(t.frame_count as usize * FOOTER_ENTRY_LEN);
+        let frames: Vec<FrameEntry> = index
             .chunks_exact(FOOTER_ENTRY_LEN)
             .map(FrameEntry::decode)
             .collect();
+        let layer = match t.layer {
+            None => None,
+            Some(head) => Some(parse_runs(name, head, run_bytes, t.raw_len)?),
+        };
         // Belt and braces: the layout must tile the object exactly.
         let mut off = LEAD_LEN;
         let mut raw = 0u64;
@@ -687,6 +843,7 @@ impl ObjectLayout {
         Ok(TailParse::Complete(ObjectLayout {
             trailer: t,
             frames,
+            layer,
             object_len,
             codec,
         }))
@@ -716,6 +873,37 @@ impl ObjectLayout {
             .ok_or_else(|| Error::corrupt(self.name(), format!("frame {i} out of range")))?;
         self.codec.decode_frame(i as u32, e, stored)
     }
+}
+
+/// A layer's runs from its footer, checked: ascending, apart, none empty,
+/// adding up to the object's raw length.
+fn parse_runs(name: &str, head: LayerHead, bytes: &[u8], raw_len: u64) -> Result<LayerIndex> {
+    let runs: Vec<BlockRun> = bytes
+        .chunks_exact(RUN_LEN)
+        .map(|b| BlockRun {
+            start: u32::from_le_bytes(b[0..4].try_into().unwrap()),
+            len: u32::from_le_bytes(b[4..8].try_into().unwrap()),
+        })
+        .collect();
+    let mut end = 0u64;
+    let mut blocks = 0u64;
+    for (i, r) in runs.iter().enumerate() {
+        if r.len == 0 || r.start.checked_add(r.len).is_none() || (i > 0 && (r.start as u64) < end) {
+            return Err(Error::corrupt(
+                name,
+                format!("block run {i} of the layer is inconsistent"),
+            ));
+        }
+        end = r.end() as u64;
+        blocks += r.len as u64;
+    }
+    if blocks * BLOCK_SIZE as u64 != raw_len {
+        return Err(Error::corrupt(
+            name,
+            "the layer's block runs do not add up to its raw length",
+        ));
+    }
+    Ok(LayerIndex::new(head, runs))
 }
 
 /// Decodes a whole in-memory object and checks the whole-file checksum.
@@ -814,6 +1002,114 @@ mod tests {
                     obj.len(),
                     !keys.is_empty()
                 );
+            }
+        }
+    }
+
+    fn layer(runs: &[(u32, u32)]) -> Layer {
+        Layer {
+            base: [7; 16],
+            seq: 3,
+            runs: runs
+                .iter()
+                .map(|&(start, len)| BlockRun { start, len })
+                .collect(),
+        }
+    }
+
+    fn layout_of(name: &str, obj: &[u8], keys: &KeyRing) -> ObjectLayout {
+        match ObjectLayout::parse_tail(name, obj.len() as u64, obj, keys, CipherImpl::AwsLc)
+            .unwrap()
+        {
+            TailParse::Complete(l) => l,
+            TailParse::NeedFrom { .. } => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn layers_round_trip_and_find_their_blocks() {
+        let ring = KeyRing::new([Key::generate()]);
+        for keys in [KeyRing::none(), ring] {
+            let l = layer(&[(2, 1), (5, 3), (100, 2)]);
+            let raw = sample(6 * 8192, 4);
+            let (obj, t) =
+                encode_object("seg/l", &raw, &opts(16384), &keys, Some(l.clone())).unwrap();
+            assert_eq!(
+                t.layer,
+                Some(LayerHead {
+                    base: [7; 16],
+                    seq: 3,
+                    runs: 3
+                })
+            );
+            assert_eq!(
+                decode_all("seg/l", &obj, &keys, CipherImpl::AwsLc).unwrap(),
+                raw
+            );
+            let idx = layout_of("seg/l", &obj, &keys).layer.unwrap();
+            assert_eq!(idx.runs, l.runs);
+            assert_eq!(idx.blocks(), 6);
+            assert_eq!(idx.find(0), None);
+            assert_eq!(idx.find(2), Some((0, 1)));
+            assert_eq!(idx.find(3), None);
+            assert_eq!(idx.find(6), Some((2, 2)));
+            assert_eq!(idx.find(101), Some((5, 1)));
+            assert_eq!(idx.find(102), None);
+            assert_eq!(idx.next_at_or_after(3), Some(5));
+            assert_eq!(idx.next_at_or_after(6), Some(6));
+            assert_eq!(idx.next_at_or_after(102), None);
+            // A whole object has no layer.
+            let (whole, t) = encode_all("seg/w", &raw, &opts(16384), &keys).unwrap();
+            assert_eq!(t.layer, None);
+            assert!(layout_of("seg/w", &whole, &keys).layer.is_none());
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "add up")]
+    fn a_layer_whose_runs_miss_its_bytes_is_not_written() {
+        let raw = sample(2 * 8192, 4);
+        let _ = encode_object(
+            "x",
+            &raw,
+            &opts(16384),
+            &KeyRing::none(),
+            Some(layer(&[(0, 3)])),
+        );
+    }
+
+    #[test]
+    fn every_flipped_byte_of_a_layer_is_detected() {
+        let ring = KeyRing::new([Key::generate()]);
+        for keys in [KeyRing::none(), ring] {
+            let raw = sample(5 * 8192, 9);
+            let l = layer(&[(0, 2), (9, 1), (40, 2)]);
+            let (obj, _) =
+                encode_object("seg/c", &raw, &opts(16384), &keys, Some(l.clone())).unwrap();
+            for i in 0..obj.len() {
+                let mut bad = obj.clone();
+                bad[i] ^= 0x40;
+                let parsed = ObjectLayout::parse_tail(
+                    "seg/c",
+                    bad.len() as u64,
+                    &bad,
+                    &keys,
+                    CipherImpl::AwsLc,
+                );
+                assert!(
+                    decode_all("seg/c", &bad, &keys, CipherImpl::AwsLc).is_err(),
+                    "flip at {i} of {} undetected",
+                    obj.len()
+                );
+                // The runs and the base are read only when authenticated.
+                if let Ok(TailParse::Complete(got)) = parsed {
+                    let got = got.layer.unwrap();
+                    assert_eq!(
+                        (got.runs, got.head.base),
+                        (l.runs.clone(), l.base),
+                        "flip at {i}"
+                    );
+                }
             }
         }
     }

@@ -4,6 +4,7 @@
 //!
 //! * [`format`]: the versioned segment object format (frames, index, trailer).
 //! * [`crypto`], [`keys`]: AES-256-GCM and the key ring.
+//! * [`layers`]: which object (base or layer) serves a block of a segment.
 //! * [`key`]: typed keys (relation fork, LSN, lineage member, object id).
 //! * [`names`]: object names (Greenplum-ready).
 //! * [`store`]: the object-store trait, S3 and local-directory backends.
@@ -25,6 +26,7 @@ pub mod error;
 pub mod format;
 pub mod key;
 pub mod keys;
+pub mod layers;
 pub mod names;
 pub mod reader;
 pub mod runtime;

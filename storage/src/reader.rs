@@ -341,6 +341,16 @@ impl RemoteReader {
         })
     }
 
+    /// An object's layout ([`layout`](Self::layout)), for callers outside
+    /// the runtime.
+    pub fn layout_blocking(&self, name: &str) -> Result<Arc<ObjectLayout>> {
+        if let Some(l) = self.0.layouts.lock().unwrap().get(name).cloned() {
+            return Ok(l);
+        }
+        let deadline = tokio::time::Instant::now() + self.0.cfg.deadline;
+        self.block_until(name, deadline, self.layout(name))
+    }
+
     /// Reads blocks of raw bytes starting at `offset` straight into `bufs`
     /// (one block each, as PostgreSQL's buffers come), for callers outside
     /// the runtime. Cache and memory hits are served on the calling thread

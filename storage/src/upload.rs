@@ -5,7 +5,7 @@
 //! uploaded several at a time. Memory stays bounded by the encode-ahead
 //! window plus the parts in flight.
 use crate::error::{Error, Result};
-use crate::format::{EncodedFrame, FormatOptions, ObjectCodec, ObjectWriter, Trailer};
+use crate::format::{EncodedFrame, FormatOptions, Layer, ObjectCodec, ObjectWriter, Trailer};
 use crate::keys::KeyRing;
 use crate::store::{AnyStore, Multipart, ObjectStore, Part};
 use bytes::Bytes;
@@ -170,6 +170,15 @@ impl Upload {
 
     fn frame_size(&self) -> usize {
         self.parts.opts.format.frame_size as usize
+    }
+
+    /// Makes the object a layer holding `layer.runs`: the bytes pushed are
+    /// those blocks, in order ([`crate::format`]).
+    pub fn set_layer(&mut self, layer: Layer) {
+        self.writer
+            .as_mut()
+            .expect("an upload changed after it finished")
+            .set_layer(layer);
     }
 
     /// Appends raw bytes; returns the raw bytes placed in the object so far.

@@ -81,6 +81,7 @@ use crate::{errors, fault, lineage, pg, settings, wal};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::time::Instant;
+use yezzey_storage::format::{BlockRun, Layer};
 use yezzey_storage::key::{Lsn, ObjectId, BLOCK_SIZE};
 use yezzey_storage::names::ObjectName;
 use yezzey_storage::runtime::block_on;
@@ -155,21 +156,22 @@ fn yezzey_offload_relation(
     // lasts only as long as the switches (step 4; reoffload.rs, step 6).
     for u in first {
         let name = u.t.name.clone();
-        rows.push(row(&name, &u.switch(), false));
+        let m = u.switch();
+        let all = m.segments.iter();
+        let uploaded = all.fold((0, 0), |(r, s), x| (r + x.raw_len, s + x.stored_len));
+        rows.push(row(&name, &m, uploaded));
     }
     for p in again {
         let name = p.name().to_string();
-        rows.push(row(&name, &p.switch(), true));
+        let uploaded = p.uploaded();
+        rows.push(row(&name, &p.switch(), uploaded));
     }
     TableIterator::new(rows)
 }
 
-/// A result row: the relation, its segments, and the bytes uploaded now
-/// (raw and stored; a re-offload counts only the segments it rewrote).
-/// (A re-offload's map takes the segments it rewrote as written.)
-fn row(name: &str, m: &ForkMap, again: bool) -> (String, i32, i64, i64) {
-    let now = m.segments.iter().filter(|s| !again || s.written);
-    let (raw, stored) = now.fold((0, 0), |(r, s), x| (r + x.raw_len, s + x.stored_len));
+/// A result row: the relation, its segments, and the bytes uploaded now,
+/// raw and stored (a re-offload's layers and rewritten segments).
+fn row(name: &str, m: &ForkMap, (raw, stored): (u64, u64)) -> (String, i32, i64, i64) {
     (
         name.to_string(),
         m.segments.len() as i32,
@@ -246,6 +248,7 @@ fn offload_one<'a>(storage: &'a settings::Storage, t: &'a Target) -> Option<Uplo
                 stored_len: 0,
                 // Until step 6 frees their pages, reads look local first.
                 written: true,
+                layers: Vec::new(),
             })
             .collect(),
     };
@@ -321,6 +324,24 @@ pub(super) fn upload_pages(
     blocks: u32,
     name: &ObjectName,
 ) -> yezzey_storage::Result<Uploaded> {
+    let all = BlockRun {
+        start: 0,
+        len: blocks,
+    };
+    upload_runs(storage, t, segno, &[all], name, None)
+}
+
+/// The blocks of `runs` of segment `segno` of `t`, copied as
+/// [`upload_pages`] does, one after another as object `name`: a layer
+/// object if `layer` is given (its runs are `runs`).
+pub(super) fn upload_runs(
+    storage: &settings::Storage,
+    t: &Target,
+    segno: u32,
+    runs: &[BlockRun],
+    name: &ObjectName,
+    layer: Option<Layer>,
+) -> yezzey_storage::Result<Uploaded> {
     let mut up = block_on(Upload::start(
         &storage.store,
         &name.relative(),
@@ -328,19 +349,24 @@ pub(super) fn upload_pages(
         &storage.keys,
         &storage.upload,
     ))?;
+    if let Some(l) = layer {
+        up.set_layer(l);
+    }
     let guard = AbortOnDrop(&mut up);
     let per_chunk = (storage.upload.format.frame_size as usize / BLOCK_SIZE).max(1) as u32;
     let first = segno * pg::blocks_per_segment();
     let strategy = pg::relation::BulkRead::new();
     let mut buf = vec![0u8; per_chunk as usize * BLOCK_SIZE];
-    let mut at = 0;
-    while at < blocks {
-        pgrx::check_for_interrupts!();
-        let n = per_chunk.min(blocks - at);
-        let chunk = &mut buf[..n as usize * BLOCK_SIZE];
-        pg::relation::copy_pages(t.oid, first + at, chunk, &strategy);
-        block_on(guard.0.push(chunk))?;
-        at += n;
+    for r in runs {
+        let mut at = r.start;
+        while at < r.end() {
+            pgrx::check_for_interrupts!();
+            let n = per_chunk.min(r.end() - at);
+            let chunk = &mut buf[..n as usize * BLOCK_SIZE];
+            pg::relation::copy_pages(t.oid, first + at, chunk, &strategy);
+            block_on(guard.0.push(chunk))?;
+            at += n;
+        }
     }
     std::mem::forget(guard);
     block_on(up.finish())

@@ -72,9 +72,11 @@
 //! first offload's switch shares this.
 
 use super::relations::{self, mb, Target};
+use crate::map::evict;
 use crate::map::shared::{self, State};
 use crate::{errors, fault, lineage, pg, settings, wal};
 use pgrx::PgSqlErrorCode;
+use yezzey_storage::format::{BlockRun, Layer};
 use yezzey_storage::key::{Lsn, MemberId, ObjectId};
 use yezzey_storage::names::ObjectName;
 use yezzey_storage::runtime::block_on;
@@ -93,6 +95,8 @@ pub struct Prepared<'a> {
     m: ForkMap,
     superseded: Vec<SegmentMeta>,
     old_writer: Option<MemberId>,
+    /// Bytes uploaded, raw and stored.
+    uploaded: (u64, u64),
 }
 
 /// Steps 1 to 5 of re-offloading one relation's main fork, whose map is
@@ -104,7 +108,23 @@ pub fn prepare<'a>(storage: &'a settings::Storage, t: &'a Target) -> Option<Prep
     let cur = shared::get(t.key).filter(|f| f.state == State::Live)?;
     let segments = relations::segments_of(nblocks);
     let me = lineage::me().member;
-    let plan = reoffload::plan(&cur.map, &segments, me, ObjectId::random)?;
+    let policy = reoffload::Policy {
+        max_layers: settings::max_layers(),
+    };
+    let local = |s: &SegmentMeta, blocks: u32| {
+        let runs = crate::fds::transient(1, || evict::local_runs(t.key, s.segno, s.blocks, blocks));
+        runs.unwrap_or_else(|e| {
+            errors::error(
+                PgSqlErrorCode::ERRCODE_IO_ERROR,
+                format!(
+                    "cannot offload \"{}\" again: could not read segment {} of it: {e}",
+                    t.name, s.segno
+                ),
+                "Nothing changed.",
+            )
+        })
+    };
+    let plan = reoffload::plan(&cur.map, &segments, me, policy, local, ObjectId::random)?;
     let mut m = plan.map;
     m.clean_lsn = clean_lsn;
     m.evicted = false;
@@ -113,13 +133,24 @@ pub fn prepare<'a>(storage: &'a settings::Storage, t: &'a Target) -> Option<Prep
     let all_new = plan.rewrite.len() == m.segments.len();
     m.page_checksums = pg::data_checksums() && (cur.map.page_checksums || all_new);
     let mut job = Job::hold(storage, t, &cur.map, &m, &plan.superseded);
-    let n = plan.rewrite.len();
+    let n = plan.rewrite.len() + plan.layer.len();
+    let mut uploaded = (0, 0);
     for (k, &segno) in plan.rewrite.iter().enumerate() {
         fault::point("before_upload");
         let i = m.segments.iter().position(|s| s.segno == segno).unwrap();
         let (raw, stored) = job.segment(&m, i, (k + 1, n));
+        uploaded = (uploaded.0 + raw, uploaded.1 + stored);
         m.segments[i].raw_len = raw;
         m.segments[i].stored_len = stored;
+    }
+    for (k, (segno, runs)) in plan.layer.into_iter().enumerate() {
+        fault::point("before_upload");
+        let i = m.segments.iter().position(|s| s.segno == segno).unwrap();
+        let (raw, stored) = job.layer(&m, i, runs, (plan.rewrite.len() + k + 1, n));
+        uploaded = (uploaded.0 + raw, uploaded.1 + stored);
+        let l = m.segments[i].layers.last_mut().unwrap();
+        l.raw_len = raw;
+        l.stored_len = stored;
     }
     fault::point("after_upload");
     m.lsn = pg::insert_lsn();
@@ -130,12 +161,18 @@ pub fn prepare<'a>(storage: &'a settings::Storage, t: &'a Target) -> Option<Prep
         m,
         superseded: plan.superseded,
         old_writer: cur.map.writer,
+        uploaded,
     })
 }
 
 impl Prepared<'_> {
     pub fn name(&self) -> &str {
         &self.job.t.name
+    }
+
+    /// Bytes it uploaded, raw and stored.
+    pub fn uploaded(&self) -> (u64, u64) {
+        self.uploaded
     }
 
     /// Steps 6 to 8: the lock, the record and the switch, the pages freed.
@@ -176,13 +213,7 @@ impl<'a> Job<'a> {
             uploaded: Vec::new(),
             label: Lsn(0),
         };
-        let fresh: Vec<_> = new
-            .segments
-            .iter()
-            .filter(|s| !old.segments.iter().any(|o| o.object_id == s.object_id))
-            .cloned()
-            .collect();
-        shared::hold(new, &fresh, old, superseded);
+        shared::hold(new, old, superseded);
         job
     }
 
@@ -211,6 +242,37 @@ impl<'a> Job<'a> {
         self.uploaded.push(name);
         let up = super::offload::upload_segment(self.storage, t, s.segno, (k, n), true, || {
             super::offload::upload_pages(self.storage, t, s.segno, s.blocks, &name)
+        });
+        (up.trailer.raw_len, up.stored_len)
+    }
+
+    /// Uploads the blocks `runs` of segment `i` of `m` as its newest layer
+    /// (the last of its layers in `m`); its raw and stored sizes.
+    fn layer(
+        &mut self,
+        m: &ForkMap,
+        i: usize,
+        runs: Vec<BlockRun>,
+        (k, n): (usize, usize),
+    ) -> (u64, u64) {
+        let (t, s) = (self.t, &m.segments[i]);
+        let id = s.layers.last().expect("a layer planned").object_id;
+        let name = m.name_of(s.segno, id);
+        self.uploaded.push(name);
+        let layer = Layer {
+            base: s.object_id.0,
+            seq: s.layers.len() as u32,
+            runs,
+        };
+        let up = super::offload::upload_segment(self.storage, t, s.segno, (k, n), true, || {
+            super::offload::upload_runs(
+                self.storage,
+                t,
+                s.segno,
+                &layer.runs.clone(),
+                &name,
+                Some(layer),
+            )
         });
         (up.trailer.raw_len, up.stored_len)
     }

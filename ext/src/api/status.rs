@@ -7,7 +7,9 @@ use crate::{errors, fds};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
+use yezzey_storage::format::BlockRun;
 use yezzey_storage::key::ObjectId;
+use yezzey_storage::state::map::SegmentMeta;
 use yezzey_storage::state::reoffload;
 
 /// The offload state of one relation: `local`, `offloaded`, `partially
@@ -90,14 +92,39 @@ fn yezzey_relation_status(
                 .map(|x| x.member)
                 .or(m.writer)
                 .unwrap_or(yezzey_storage::key::MemberId(0));
-            let again = reoffload::plan(&m, &segments, me, ObjectId::random).map_or(0, |p| {
-                p.map
-                    .segments
-                    .iter()
-                    .filter(|s| p.rewrite.contains(&s.segno))
-                    .map(|s| s.blocks as i64 * yezzey_storage::key::BLOCK_SIZE as i64)
-                    .sum()
-            });
+            let policy = reoffload::Policy {
+                max_layers: crate::settings::max_layers(),
+            };
+            // What a re-offload would upload now: whole segments, and the
+            // local blocks of those that would get a layer (an unreadable
+            // segment counts whole).
+            let local_runs = |s: &SegmentMeta, blocks: u32| {
+                fds::transient(1, || evict::local_runs(key, s.segno, s.blocks, blocks))
+                    .unwrap_or_else(|_| {
+                        vec![BlockRun {
+                            start: 0,
+                            len: blocks,
+                        }]
+                    })
+            };
+            let bs = yezzey_storage::key::BLOCK_SIZE as i64;
+            let again = reoffload::plan(&m, &segments, me, policy, local_runs, ObjectId::random)
+                .map_or(0, |p| {
+                    let whole: i64 = p
+                        .map
+                        .segments
+                        .iter()
+                        .filter(|s| p.rewrite.contains(&s.segno))
+                        .map(|s| s.blocks as i64 * bs)
+                        .sum();
+                    let layers: i64 = p
+                        .layer
+                        .iter()
+                        .flat_map(|(_, runs)| runs)
+                        .map(|r| r.len as i64 * bs)
+                        .sum();
+                    whole + layers
+                });
             let state = if local > 0 || m.segments.iter().any(|s| s.written) {
                 "partially offloaded"
             } else {
@@ -109,7 +136,7 @@ fn yezzey_relation_status(
                 logical,
                 local,
                 m.stored_bytes() as i64,
-                m.segments.len() as i32,
+                m.segments.iter().map(|s| 1 + s.layers.len() as i32).sum(),
                 pg::timestamptz(m.offloaded_at),
                 Some(PgLsn(m.lsn)),
                 m.writer.map(|w| w.to_string()),
@@ -156,7 +183,8 @@ fn yezzey_offloaded() -> TableIterator<
 }
 
 /// Every offloaded segment of this cluster (all databases) with the name
-/// of its object.
+/// of its base object, how many layers lie over it and what they store
+/// (`stored_bytes` counts the base and its layers).
 #[pg_extern(stable, parallel_safe)]
 #[allow(clippy::type_complexity)] // pgrx needs the row type spelled out
 fn yezzey_segments() -> TableIterator<
@@ -175,6 +203,9 @@ fn yezzey_segments() -> TableIterator<
         name!(written, bool),
         name!(offload_lsn, PgLsn),
         name!(local_bytes, i64),
+        name!(layers, i32),
+        name!(layer_bytes, i64),
+        name!(layer_objects, Vec<String>),
     ),
 > {
     let mut rows = Vec::new();
@@ -194,10 +225,13 @@ fn yezzey_segments() -> TableIterator<
                 m.writer.map(|w| w.to_string()),
                 s.blocks as i64,
                 s.raw_len as i64,
-                s.stored_len as i64,
+                s.stored_bytes() as i64,
                 s.written,
                 PgLsn(m.lsn),
                 fds::transient(1, || evict::segment_local_bytes(m.key, s.segno) as i64),
+                s.layers.len() as i32,
+                s.layers.iter().map(|l| l.stored_len as i64).sum(),
+                m.segment_names(s).skip(1).map(|n| n.relative()).collect(),
             ));
         }
     }

@@ -13,6 +13,7 @@ use std::fs::{self, OpenOptions};
 use std::io;
 use std::path::Path;
 use yezzey_smgr_shim::map::{self, Lookup};
+use yezzey_storage::format::BlockRun;
 use yezzey_storage::key::{RelFork, BLOCK_SIZE};
 use yezzey_storage::state::map::ForkMap;
 
@@ -165,7 +166,7 @@ fn page_lsn(page: &[u8]) -> u64 {
 /// Reads only the file's data (SEEK_DATA/SEEK_HOLE skip its holes), so it
 /// costs what the segment holds locally, and punches runs of pages at once.
 fn free_pages_upto(path: &Path, blocks: u32, upto: u64) -> io::Result<bool> {
-    use rustix::fs::{fallocate, seek, FallocateFlags, SeekFrom};
+    use rustix::fs::{fallocate, FallocateFlags};
     use std::os::unix::fs::FileExt;
     let f = match OpenOptions::new().read(true).write(true).open(path) {
         Ok(f) => f,
@@ -185,19 +186,8 @@ fn free_pages_upto(path: &Path, blocks: u32, upto: u64) -> io::Result<bool> {
         Ok(())
     };
     let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0u64;
-    while pos < end {
-        // The next data, and where it ends (ENXIO: none past pos).
-        let data = match seek(&f, SeekFrom::Data(pos)) {
-            Ok(d) => d / bs * bs,
-            Err(rustix::io::Errno::NXIO) => break,
-            Err(e) => return Err(e.into()),
-        };
-        if data >= end {
-            break;
-        }
-        let hole = seek(&f, SeekFrom::Hole(data)).map_err(io::Error::from)?;
-        let stop = hole.div_ceil(bs).saturating_mul(bs).min(end);
+    for extent in data_extents(&f, end) {
+        let (data, stop) = extent?;
         let mut at = data;
         let mut run = None; // start of the run of pages to punch
         while at < stop {
@@ -222,12 +212,82 @@ fn free_pages_upto(path: &Path, blocks: u32, upto: u64) -> io::Result<bool> {
         if let Some(from) = run {
             punch(from, stop)?;
         }
-        pos = stop.max(hole);
     }
     if !kept {
         f.set_len(0)?;
     }
     Ok(!kept)
+}
+
+/// The page-aligned stretches of a file's first `end` bytes that hold data
+/// (SEEK_DATA/SEEK_HOLE: its holes are skipped without being read).
+fn data_extents(f: &fs::File, end: u64) -> impl Iterator<Item = io::Result<(u64, u64)>> + '_ {
+    use rustix::fs::{seek, SeekFrom};
+    let bs = BLOCK_SIZE as u64;
+    let mut pos = 0u64;
+    std::iter::from_fn(move || {
+        if pos >= end {
+            return None;
+        }
+        // The next data, and where it ends (ENXIO: none past pos).
+        let data = match seek(f, SeekFrom::Data(pos)) {
+            Ok(d) => d / bs * bs,
+            Err(rustix::io::Errno::NXIO) => return None,
+            Err(e) => return Some(Err(e.into())),
+        };
+        if data >= end {
+            return None;
+        }
+        let hole = match seek(f, SeekFrom::Hole(data)) {
+            Ok(h) => h,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let stop = hole.div_ceil(bs).saturating_mul(bs).min(end);
+        pos = stop.max(hole);
+        Some(Ok((data, stop)))
+    })
+}
+
+/// The blocks a layer over an offloaded segment must hold: the pages of
+/// its objects' range `[0, remote)` that its local file holds (a page
+/// there is written since, or kept because newer than the objects' copy;
+/// a hole or an all-zero page is read from the objects), and every block
+/// of `[remote, blocks)` past that range, whatever it holds. Reads only
+/// the file's data.
+pub fn local_runs(key: RelFork, segno: u32, remote: u32, blocks: u32) -> io::Result<Vec<BlockRun>> {
+    use std::os::unix::fs::FileExt;
+    let mut runs: Vec<BlockRun> = Vec::new();
+    let mut add = |b: u32, n: u32| match runs.last_mut() {
+        Some(r) if r.end() == b => r.len += n,
+        _ => runs.push(BlockRun { start: b, len: n }),
+    };
+    let path = pg::segment_path(key, segno);
+    match fs::File::open(&path) {
+        Ok(f) => {
+            let end = (f.metadata()?.len()).min(remote as u64 * BLOCK_SIZE as u64);
+            let mut buf = vec![0u8; 1 << 20];
+            for extent in data_extents(&f, end) {
+                let (data, stop) = extent?;
+                let mut at = data;
+                while at < stop {
+                    let n = ((stop - at) as usize).min(buf.len());
+                    f.read_exact_at(&mut buf[..n], at)?;
+                    for (i, page) in buf[..n].chunks(BLOCK_SIZE).enumerate() {
+                        if page.iter().any(|&b| b != 0) {
+                            add(((at as usize + i * BLOCK_SIZE) / BLOCK_SIZE) as u32, 1);
+                        }
+                    }
+                    at += n as u64;
+                }
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if blocks > remote {
+        add(remote, blocks - remote);
+    }
+    Ok(runs)
 }
 
 /// Bytes the files of a fork take on local disk (holes excluded).

@@ -186,9 +186,9 @@ fn remove_orphan(state: &StateDir, key: RelFork, recorded: &HashSet<String>) -> 
     match state.read_map(key) {
         Ok(Some(m)) => {
             let (lsn, at) = (pg::current_lsn(), unix_now());
-            for (s, r) in Retired::of(&m, &m.segments, lsn, at) {
+            for (id, r) in Retired::of(&m, &m.segments, lsn, at) {
                 if !recorded.contains(&r.name) {
-                    state.record_one(s.object_id, &r)?;
+                    state.record_one(id, &r)?;
                 }
             }
             state.remove_map(key)

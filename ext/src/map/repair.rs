@@ -128,8 +128,8 @@ fn apply(m: &ForkMap, gone: bool) -> Result<(), String> {
         return crate::fds::transient(crate::fds::STATE_OP, || {
             let state = pg::state();
             let _lock = state.lock_maps()?;
-            for (s, r) in Retired::of(m, &m.segments, pg::current_lsn(), unix_now()) {
-                state.record_one(s.object_id, &r)?;
+            for (id, r) in Retired::of(m, &m.segments, pg::current_lsn(), unix_now()) {
+                state.record_one(id, &r)?;
             }
             state.remove_map(m.key)
         })

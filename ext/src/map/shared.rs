@@ -2,10 +2,10 @@
 //! typed keys and [`ForkMap`]s in, the same out.
 use crate::pg;
 use yezzey_smgr_shim::map::{self, ForkHead};
-use yezzey_smgr_shim::SegInfo;
+use yezzey_smgr_shim::{LayerInfo, SegInfo, MAX_LAYERS};
 use yezzey_storage::key::{Fork, Lsn, MemberId, ObjectId, RelFork};
 use yezzey_storage::names::{ObjectName, SegmentId};
-use yezzey_storage::state::map::{ForkMap, SegmentMeta};
+use yezzey_storage::state::map::{ForkMap, LayerMeta, SegmentMeta};
 use yezzey_storage::state::retired::Retired;
 use yezzey_storage::state::unix_now;
 
@@ -88,7 +88,28 @@ pub fn seg_info(m: &ForkMap, s: &SegmentMeta) -> SegInfo {
         written: s.written,
         touched: false,
         page_checksums: m.page_checksums,
+        nlayers: s.layers.len() as u32,
+        layers: layer_infos(&s.layers),
     }
+}
+
+/// A segment's layers as the shared map holds them (a map never has more
+/// than `YZ_MAX_LAYERS`: re-offloads merge them before).
+fn layer_infos(layers: &[LayerMeta]) -> [LayerInfo; MAX_LAYERS] {
+    assert!(
+        layers.len() <= MAX_LAYERS,
+        "a segment with {} layers",
+        layers.len()
+    );
+    let mut out = [LayerInfo::default(); MAX_LAYERS];
+    for (o, l) in out.iter_mut().zip(layers) {
+        *o = LayerInfo {
+            object_id: l.object_id.0,
+            raw_len: l.raw_len,
+            stored_len: l.stored_len,
+        };
+    }
+    out
 }
 
 pub fn key_of(spc: u32, db: u32, rel: u32, fork: i32) -> RelFork {
@@ -128,6 +149,14 @@ fn fork_of(h: &ForkHead, segs: &[SegInfo]) -> SharedFork {
                     raw_len: s.raw_len,
                     stored_len: s.stored_len,
                     written: s.written,
+                    layers: s.layers[..s.nlayers as usize]
+                        .iter()
+                        .map(|l| LayerMeta {
+                            object_id: ObjectId(l.object_id),
+                            raw_len: l.raw_len,
+                            stored_len: l.stored_len,
+                        })
+                        .collect(),
                 })
                 .collect(),
         },
@@ -244,28 +273,58 @@ pub fn retiring() -> Vec<Leaving> {
         .collect()
 }
 
-/// The retiring-list entry of one of `m`'s segments.
-fn retiring_of(m: &ForkMap, s: &SegmentMeta, lsn: Lsn, at: i64, hold: u8) -> map::Retiring {
-    map::Retiring {
-        seg: seg_info(m, s),
-        content: m.content,
-        lsn: lsn.0,
-        at,
-        owner_pid: 0,
-        hold,
-    }
+/// The retiring-list entries of one of `m`'s segments: one per object,
+/// its base and each layer, for those `which` keeps.
+fn retiring_of(
+    m: &ForkMap,
+    s: &SegmentMeta,
+    lsn: Lsn,
+    at: i64,
+    hold: u8,
+    which: impl Fn(ObjectId) -> bool,
+) -> Vec<map::Retiring> {
+    let base = SegmentMeta {
+        layers: Vec::new(),
+        ..s.clone()
+    };
+    let layers = s.layers.iter().map(|l| SegmentMeta {
+        object_id: l.object_id,
+        raw_len: l.raw_len,
+        stored_len: l.stored_len,
+        ..base.clone()
+    });
+    std::iter::once(base.clone())
+        .chain(layers)
+        .filter(|o| which(o.object_id))
+        .map(|o| map::Retiring {
+            seg: seg_info(m, &o),
+            content: m.content,
+            lsn: lsn.0,
+            at,
+            owner_pid: 0,
+            hold,
+        })
+        .collect()
 }
 
 /// Keeps objects from garbage collection while this process switches a
-/// fork's map (ERRORs if the list cannot grow): `fresh`, segments of the
-/// new map `new` about to be uploaded, and `superseded`, segments of the
-/// live map `old` that the switch will retire. [`unstage`] ends the holds.
-pub fn hold(new: &ForkMap, fresh: &[SegmentMeta], old: &ForkMap, superseded: &[SegmentMeta]) {
-    for s in fresh {
-        map::hold(&retiring_of(new, s, Lsn(0), 0, map::HOLD_NEW));
+/// fork's map (ERRORs if the list cannot grow): the objects of the new map
+/// `new` that the live map `old` does not name (about to be uploaded), and
+/// `superseded`, segments of `old` that the switch will retire.
+/// [`unstage`] ends the holds.
+pub fn hold(new: &ForkMap, old: &ForkMap, superseded: &[SegmentMeta]) {
+    let named_before: Vec<ObjectId> = old.segments.iter().flat_map(|s| s.object_ids()).collect();
+    for s in &new.segments {
+        for r in retiring_of(new, s, Lsn(0), 0, map::HOLD_NEW, |id| {
+            !named_before.contains(&id)
+        }) {
+            map::hold(&r);
+        }
     }
     for s in superseded {
-        map::hold(&retiring_of(old, s, Lsn(0), 0, map::HOLD_SUPERSEDED));
+        for r in retiring_of(old, s, Lsn(0), 0, map::HOLD_SUPERSEDED, |_| true) {
+            map::hold(&r);
+        }
     }
 }
 
@@ -300,6 +359,8 @@ pub fn unstage(key: RelFork, promoted_at: Option<Lsn>) {
 /// switch that retired them).
 pub fn add_retiring(m: &ForkMap, segs: &[SegmentMeta], lsn: Lsn, at: i64) {
     for s in segs {
-        map::add_retiring(&retiring_of(m, s, lsn, at, 0));
+        for r in retiring_of(m, s, lsn, at, 0, |_| true) {
+            map::add_retiring(&r);
+        }
     }
 }

@@ -221,8 +221,11 @@ mod maps {
                     continue;
                 }
             };
-            for s in &m.segments {
-                let name = m.object_name(s).relative();
+            for (s, name) in m
+                .segments
+                .iter()
+                .flat_map(|s| m.segment_names(s).map(move |n| (s, n.relative())))
+            {
                 match decode_whole(r, &name, std::io::sink()) {
                     Ok(_) => ok += 1,
                     Err(e) => {

@@ -36,11 +36,17 @@ use std::io;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SegmentMeta {
     pub segno: u32,
-    /// Leading blocks of the segment served from the object.
+    /// Leading blocks of the segment served from its objects.
     pub blocks: u32,
+    /// The base object, holding the segment's blocks in order.
     pub object_id: ObjectId,
     pub raw_len: u64,
     pub stored_len: u64,
+    /// Layers over the base, oldest first: blocks re-offloads uploaded
+    /// since ([`crate::layers`]: a block is served by the newest layer
+    /// holding it, else by the base).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerMeta>,
     /// A block of the remote range was written locally since the offload,
     /// or the offload has not freed the local copy yet
     /// (reads look at the local file first). Maps written before this field
@@ -51,6 +57,38 @@ pub struct SegmentMeta {
 
 fn written_default() -> bool {
     true
+}
+
+/// A layer object over a segment's base ([`crate::format`]'s layer
+/// objects: its runs say which blocks it holds).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct LayerMeta {
+    pub object_id: ObjectId,
+    pub raw_len: u64,
+    pub stored_len: u64,
+}
+
+impl SegmentMeta {
+    /// The segment's objects: the base, then its layers oldest first.
+    pub fn object_ids(&self) -> impl Iterator<Item = ObjectId> + '_ {
+        std::iter::once(self.object_id).chain(self.layers.iter().map(|l| l.object_id))
+    }
+
+    /// Whether both are served by the same objects (base and layers): the
+    /// same offload's segment, or one a re-offload kept as it was.
+    pub fn same_objects(&self, other: &SegmentMeta) -> bool {
+        self.object_ids().eq(other.object_ids())
+    }
+
+    /// Bytes stored for the segment, layers included.
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_len + self.layers.iter().map(|l| l.stored_len).sum::<u64>()
+    }
+
+    /// Bytes of the layers (before encoding).
+    pub fn layer_raw_bytes(&self) -> u64 {
+        self.layers.iter().map(|l| l.raw_len).sum()
+    }
 }
 
 /// The offload of one relation fork.
@@ -85,26 +123,44 @@ pub struct ForkMap {
 }
 
 impl ForkMap {
+    /// The name of a segment's base object.
     pub fn object_name(&self, s: &SegmentMeta) -> ObjectName {
+        self.name_of(s.segno, s.object_id)
+    }
+
+    /// The name of object `id` of segment `segno` (its base or a layer).
+    pub fn name_of(&self, segno: u32, id: ObjectId) -> ObjectName {
         ObjectName {
             segment: SegmentId {
                 system_id: self.system_id,
                 content: self.content,
                 rel: self.key,
-                segfile: s.segno,
+                segfile: segno,
             },
             writer: self.writer,
-            object_id: s.object_id,
+            object_id: id,
         }
+    }
+
+    /// The names of a segment's objects: its base, then its layers.
+    pub fn segment_names<'a>(
+        &'a self,
+        s: &'a SegmentMeta,
+    ) -> impl Iterator<Item = ObjectName> + 'a {
+        s.object_ids().map(move |id| self.name_of(s.segno, id))
     }
 
     /// Every object the map names, relative to the store's prefix.
     pub fn object_names(&self) -> impl Iterator<Item = String> + '_ {
-        self.segments.iter().map(|s| self.object_name(s).relative())
+        self.segments
+            .iter()
+            .flat_map(|s| self.segment_names(s))
+            .map(|n| n.relative())
     }
 
+    /// Bytes stored, layers included.
     pub fn stored_bytes(&self) -> u64 {
-        self.segments.iter().map(|s| s.stored_len).sum()
+        self.segments.iter().map(|s| s.stored_bytes()).sum()
     }
 
     pub fn raw_bytes(&self) -> u64 {
@@ -289,6 +345,7 @@ mod tests {
                 raw_len: 1 << 30,
                 stored_len: 99,
                 written: false,
+                layers: Vec::new(),
             }],
         }
     }

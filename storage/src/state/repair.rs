@@ -18,9 +18,13 @@
 //! behind). Several candidates for one segment (an earlier offload's
 //! object not retired here, or a parent's later upload) are resolved in
 //! favour of the writers given first (this cluster, then its parent); if
-//! that does not decide, the repair refuses and names them.
-use super::map::{ForkMap, SegmentMeta};
-use crate::key::{Lsn, MemberId, RelFork, BLOCK_SIZE};
+//! that does not decide, the repair refuses and names them. A segment's
+//! layers are the layer objects whose trailer names its base, numbered
+//! 1, 2, ... without a gap or a repeat (else the repair refuses, naming
+//! them: a layer from a re-offload that crashed before its record would
+//! otherwise be taken for a real one).
+use super::map::{ForkMap, LayerMeta, SegmentMeta};
+use crate::key::{Lsn, MemberId, ObjectId, RelFork, BLOCK_SIZE};
 use crate::names::{self, ObjectName};
 use crate::reader::RemoteReader;
 use crate::store::ObjectStore;
@@ -32,6 +36,9 @@ pub struct Candidate {
     pub name: ObjectName,
     pub stored_len: u64,
     pub raw_len: u64,
+    /// A layer object's base, place among its layers and the end of the
+    /// blocks it holds ([`crate::format::LayerHead`]).
+    pub layer: Option<(ObjectId, u32, u32)>,
 }
 
 /// Why a map could not be rebuilt.
@@ -91,6 +98,10 @@ pub async fn candidates(
                     name,
                     stored_len: o.size,
                     raw_len: l.trailer.raw_len,
+                    layer: l.layer.as_ref().map(|i| {
+                        let end = i.runs.last().map_or(0, |r| r.end());
+                        (ObjectId(i.head.base), i.head.seq, end)
+                    }),
                 }),
                 Err(e) => skipped.push(format!("{}: {e}", o.name)),
             }
@@ -126,19 +137,43 @@ pub fn rebuild(
     };
     let mut chosen = Vec::new();
     let mut ambiguous = Vec::new();
-    for (segno, mut cands) in by_seg {
-        let best = cands.iter().map(|c| rank(c.name.writer)).min().unwrap();
-        cands.retain(|c| rank(c.name.writer) == best);
-        if cands.len() == 1 {
-            chosen.push(cands[0]);
-        } else {
-            ambiguous.push((segno, cands.iter().map(|c| c.name.relative()).collect()));
+    for (segno, cands) in by_seg {
+        let (layers, mut bases): (Vec<&Candidate>, Vec<&Candidate>) =
+            cands.into_iter().partition(|c| c.layer.is_some());
+        let best = bases.iter().map(|c| rank(c.name.writer)).min();
+        bases.retain(|c| Some(rank(c.name.writer)) == best);
+        let [base] = bases[..] else {
+            let mut names: Vec<String> = bases.iter().map(|c| c.name.relative()).collect();
+            if names.is_empty() {
+                names = layers.iter().map(|c| c.name.relative()).collect();
+            }
+            ambiguous.push((segno, names));
+            continue;
+        };
+        // Its layers: over this base, by its writer, numbered 1, 2, ...
+        let mut over: Vec<&Candidate> = layers
+            .into_iter()
+            .filter(|c| c.layer.is_some_and(|l| l.0 == base.name.object_id))
+            .collect();
+        over.sort_by_key(|c| c.layer.map(|l| l.1));
+        let numbered = over.iter().enumerate().all(|(i, c)| {
+            c.layer.is_some_and(|l| l.1 == i as u32 + 1) && c.name.writer == base.name.writer
+        });
+        if !numbered {
+            ambiguous.push((segno, over.iter().map(|c| c.name.relative()).collect()));
+            continue;
         }
+        chosen.push((base, over));
     }
     // One map has one writer: mixed writers cannot be one offload.
-    let writer = chosen.first().map_or(first.name.writer, |c| c.name.writer);
-    if chosen.iter().any(|c| c.name.writer != writer) {
-        ambiguous.push((u32::MAX, chosen.iter().map(|c| c.name.relative()).collect()));
+    let writer = chosen
+        .first()
+        .map_or(first.name.writer, |c| c.0.name.writer);
+    if chosen.iter().any(|c| c.0.name.writer != writer) {
+        ambiguous.push((
+            u32::MAX,
+            chosen.iter().map(|c| c.0.name.relative()).collect(),
+        ));
     }
     if !ambiguous.is_empty() {
         return Err(RepairError::Ambiguous(ambiguous));
@@ -155,13 +190,25 @@ pub fn rebuild(
         page_checksums: false,
         segments: chosen
             .iter()
-            .map(|c| SegmentMeta {
-                segno: c.name.segment.segfile,
-                blocks: (c.raw_len / BLOCK_SIZE as u64) as u32,
-                object_id: c.name.object_id,
-                raw_len: c.raw_len,
-                stored_len: c.stored_len,
-                written: local_bytes(c.name.segment.segfile) > 0,
+            .map(|(c, over)| {
+                let base_blocks = (c.raw_len / BLOCK_SIZE as u64) as u32;
+                let layer_end = over.iter().filter_map(|l| l.layer.map(|l| l.2)).max();
+                SegmentMeta {
+                    segno: c.name.segment.segfile,
+                    blocks: layer_end.map_or(base_blocks, |e| e.max(base_blocks)),
+                    object_id: c.name.object_id,
+                    raw_len: c.raw_len,
+                    stored_len: c.stored_len,
+                    written: local_bytes(c.name.segment.segfile) > 0,
+                    layers: over
+                        .iter()
+                        .map(|l| LayerMeta {
+                            object_id: l.name.object_id,
+                            raw_len: l.raw_len,
+                            stored_len: l.stored_len,
+                        })
+                        .collect(),
+                }
             })
             .collect(),
     })
@@ -189,6 +236,45 @@ mod tests {
             },
             stored_len: 10,
             raw_len: 3 * BLOCK_SIZE as u64,
+            layer: None,
+        }
+    }
+
+    fn layer(segno: u32, id: u8, base: u8, seq: u32, end: u32) -> Candidate {
+        Candidate {
+            raw_len: BLOCK_SIZE as u64,
+            layer: Some((ObjectId([base; 16]), seq, end)),
+            ..cand(1, segno, id)
+        }
+    }
+
+    #[test]
+    fn layers_are_put_back_over_their_base_in_order() {
+        let c = vec![
+            cand(1, 0, 1),
+            layer(0, 12, 1, 2, 9),
+            layer(0, 11, 1, 1, 4),
+            layer(0, 20, 99, 1, 4), // over a base that is gone
+        ];
+        let m = rebuild(KEY, &c, &HashSet::new(), &[MemberId(1)], |_| 0, 0).unwrap();
+        let s = &m.segments[0];
+        let ids: Vec<ObjectId> = s.object_ids().collect();
+        assert_eq!(
+            ids,
+            vec![ObjectId([1; 16]), ObjectId([11; 16]), ObjectId([12; 16])]
+        );
+        assert_eq!(
+            s.blocks, 9,
+            "the range reaches the end of the last layer's blocks"
+        );
+        // A gap or a repeat in the numbers is refused.
+        for extra in [layer(0, 13, 1, 2, 9), layer(0, 13, 1, 4, 9)] {
+            let mut c = c.clone();
+            c.push(extra);
+            assert!(matches!(
+                rebuild(KEY, &c, &HashSet::new(), &[MemberId(1)], |_| 0, 0),
+                Err(RepairError::Ambiguous(_))
+            ));
         }
     }
 

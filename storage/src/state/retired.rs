@@ -25,16 +25,19 @@ pub struct Retired {
 }
 
 impl Retired {
-    /// The records retiring `segments` of `m` at `lsn` and `at` would write.
+    /// The records retiring the objects of `segments` of `m` (bases and
+    /// layers) at `lsn` and `at` would write, each with its object's id.
     pub fn of<'a>(
         m: &'a ForkMap,
         segments: &'a [SegmentMeta],
         lsn: Lsn,
         at: i64,
-    ) -> impl Iterator<Item = (&'a SegmentMeta, Retired)> + 'a {
-        segments.iter().map(move |s| {
-            let name = m.object_name(s).relative();
-            (s, Retired { name, lsn, at })
+    ) -> impl Iterator<Item = (ObjectId, Retired)> + 'a {
+        segments.iter().flat_map(move |s| {
+            s.object_ids().map(move |id| {
+                let name = m.name_of(s.segno, id).relative();
+                (id, Retired { name, lsn, at })
+            })
         })
     }
 }
@@ -48,9 +51,8 @@ impl StateDir {
         lsn: Lsn,
         at: i64,
     ) -> io::Result<()> {
-        for (s, r) in Retired::of(m, segments, lsn, at) {
-            let json = serde_json::to_vec(&r).expect("serialising a retired object");
-            durable::write(&self.retired_dir(), &format!("{}.json", s.object_id), &json)?;
+        for (id, r) in Retired::of(m, segments, lsn, at) {
+            self.record_one(id, &r)?;
         }
         Ok(())
     }
