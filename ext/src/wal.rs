@@ -71,6 +71,10 @@ pub const RMGR_ID: u8 = 160;
 const XLOG_YEZZEY_OFFLOAD: u8 = 0x10;
 const XLOG_YEZZEY_FORGET: u8 = 0x20;
 const XLOG_YEZZEY_REOFFLOAD: u8 = 0x30;
+/// A REOFFLOAD whose maps name layers: its own type, so that a server
+/// whose yezzey predates layers stops at it (unknown record type) rather
+/// than read the map without them and serve the base's older pages.
+const XLOG_YEZZEY_REOFFLOAD_LAYERS: u8 = 0x40;
 
 /// A fork is local again: the offload made at `lsn` is undone (records
 /// written before this field existed undo whatever offload is there).
@@ -244,9 +248,18 @@ pub fn reoffload(
     };
     let payload = serde_json::to_vec(&r).expect("serialising a record");
     let head = shared::promotion(m);
+    let layered = m
+        .segments
+        .iter()
+        .chain(superseded)
+        .any(|s| !s.layers.is_empty());
     let lsn = pg::xlog::log_apply_settle(
         RMGR_ID,
-        XLOG_YEZZEY_REOFFLOAD,
+        if layered {
+            XLOG_YEZZEY_REOFFLOAD_LAYERS
+        } else {
+            XLOG_YEZZEY_REOFFLOAD
+        },
         &payload,
         true,
         |_| {
@@ -366,7 +379,7 @@ pub fn redo(info: u8, data: &[u8], lsn: Lsn) {
     let result = match info {
         XLOG_YEZZEY_OFFLOAD => serde_json::from_slice::<OffloadRecord>(data).map(redo_offload),
         XLOG_YEZZEY_FORGET => serde_json::from_slice::<Forget>(data).map(|f| redo_forget(f, lsn)),
-        XLOG_YEZZEY_REOFFLOAD => {
+        XLOG_YEZZEY_REOFFLOAD | XLOG_YEZZEY_REOFFLOAD_LAYERS => {
             serde_json::from_slice::<Reoffload>(data).map(|r| redo_reoffload(r, lsn))
         }
         other => {
@@ -397,6 +410,7 @@ pub fn identify(info: u8) -> Option<&'static std::ffi::CStr> {
         XLOG_YEZZEY_OFFLOAD => Some(c"OFFLOAD"),
         XLOG_YEZZEY_FORGET => Some(c"FORGET"),
         XLOG_YEZZEY_REOFFLOAD => Some(c"REOFFLOAD"),
+        XLOG_YEZZEY_REOFFLOAD_LAYERS => Some(c"REOFFLOAD_LAYERS"),
         _ => None,
     }
 }

@@ -247,7 +247,7 @@ yz_map_install(void)
 							"Most shared memory offloads may make the map of offloaded segments take.",
 							"An offload that would need more refuses before uploading anything; "
 							"WAL replay and startup are never refused. 0: no limit. "
-							"A segment takes about 350 bytes (10 MB for 30,000).",
+							"A segment takes about 600 bytes (18 MB for 30,000).",
 							&yz_max_map_memory_kb, 1024 * 1024, 0, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_KB, NULL, NULL, NULL);
 	prev_shmem_request_hook = shmem_request_hook;
@@ -556,6 +556,11 @@ alloc_segs(const YzSegInfo *segs, uint32 nsegs, bool within_limit)
 	dsa_pointer dp;
 	YzSegData  *arr;
 
+	/* The extension never makes more; dropping some would serve old pages. */
+	for (uint32 i = 0; i < nsegs; i++)
+		if (segs[i].nlayers > YZ_MAX_LAYERS)
+			elog(ERROR, "yezzey: segment %u has %u layers (at most %d)",
+				 segs[i].segno, segs[i].nlayers, YZ_MAX_LAYERS);
 	if (within_limit && yz_max_map_memory_kb > 0 &&
 		dsa_get_total_size(yz_area) + (Size) nsegs * sizeof(YzSegData) + 1024 >
 		(Size) yz_max_map_memory_kb * 1024)
@@ -574,7 +579,7 @@ alloc_segs(const YzSegInfo *segs, uint32 nsegs, bool within_limit)
 		arr[i].stored_len = segs[i].stored_len;
 		arr[i].written = segs[i].written;
 		arr[i].touched = segs[i].touched;
-		arr[i].nlayers = Min(segs[i].nlayers, YZ_MAX_LAYERS);
+		arr[i].nlayers = segs[i].nlayers;
 		memcpy(arr[i].layers, segs[i].layers, sizeof(YzLayerInfo) * arr[i].nlayers);
 	}
 	return dp;

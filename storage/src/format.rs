@@ -35,8 +35,11 @@
 //! are the changed blocks one after another, in block order; its footer
 //! index is followed by its block runs, 8 bytes each, little-endian:
 //! `start u32 | len u32` (segment block numbers, ascending, not
-//! overlapping, none empty, adding up to the raw length). The runs are part
-//! of the footer, so the footer authenticator covers them, and the base id
+//! overlapping, none empty, adding up to the raw length), and then 8
+//! bytes: `blocks u32 | 0 u32`, the segment's length in blocks when the
+//! layer was written (at least the last run's end: a map rebuilt from the
+//! objects takes the newest layer's, which a truncation since the base
+//! may have made shorter than the base). The runs are part of the footer, so the footer authenticator covers them, and the base id
 //! and layer number in the trailer: a layer cannot be passed off as
 //! another's or as lying over another base.
 //!
@@ -170,12 +173,14 @@ impl BlockRun {
 }
 
 /// What makes an object a layer: the base it lies over, its place among
-/// that base's layers (1 for the first), and the blocks it holds.
+/// that base's layers (1 for the first), the blocks it holds, and the
+/// segment's length in blocks when it was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layer {
     pub base: [u8; 16],
     pub seq: u32,
     pub runs: Vec<BlockRun>,
+    pub blocks: u32,
 }
 
 /// A layer object's trailer fields (its runs are in the footer).
@@ -191,12 +196,14 @@ pub struct LayerHead {
 pub struct LayerIndex {
     pub head: LayerHead,
     pub runs: Vec<BlockRun>,
+    /// The segment's length in blocks when the layer was written.
+    pub blocks: u32,
     /// Blocks held by the runs before run `i`.
     before: Vec<u32>,
 }
 
 impl LayerIndex {
-    fn new(head: LayerHead, runs: Vec<BlockRun>) -> LayerIndex {
+    fn new(head: LayerHead, runs: Vec<BlockRun>, blocks: u32) -> LayerIndex {
         let before = runs
             .iter()
             .scan(0u32, |acc, r| {
@@ -205,7 +212,12 @@ impl LayerIndex {
                 Some(b)
             })
             .collect();
-        LayerIndex { head, runs, before }
+        LayerIndex {
+            head,
+            runs,
+            blocks,
+            before,
+        }
     }
 
     /// Where block `block` of the segment is in the layer's raw bytes, in
@@ -222,7 +234,8 @@ impl LayerIndex {
         self.runs.get(i).map(|r| r.start.max(block))
     }
 
-    pub fn blocks(&self) -> u64 {
+    /// Blocks the layer holds.
+    pub fn held(&self) -> u64 {
         self.runs.iter().map(|r| r.len as u64).sum()
     }
 }
@@ -655,23 +668,26 @@ impl ObjectWriter {
 
     /// Finishes the object: returns the footer index and trailer bytes, and the trailer.
     pub fn finish(self) -> (Vec<u8>, Trailer) {
-        let runs = self.layer.as_ref().map_or(&[][..], |l| &l.runs[..]);
-        let mut footer = Vec::with_capacity(
-            self.entries.len() * FOOTER_ENTRY_LEN + runs.len() * RUN_LEN + TRAILER_LEN,
-        );
+        let mut footer = Vec::with_capacity(self.entries.len() * FOOTER_ENTRY_LEN + TRAILER_LEN);
         for e in &self.entries {
             e.encode(&mut footer);
         }
-        for r in runs {
-            footer.extend_from_slice(&r.start.to_le_bytes());
-            footer.extend_from_slice(&r.len.to_le_bytes());
-        }
         if let Some(l) = &self.layer {
-            let blocks: u64 = l.runs.iter().map(|r| r.len as u64).sum();
+            for r in &l.runs {
+                footer.extend_from_slice(&r.start.to_le_bytes());
+                footer.extend_from_slice(&r.len.to_le_bytes());
+            }
+            footer.extend_from_slice(&l.blocks.to_le_bytes());
+            footer.extend_from_slice(&0u32.to_le_bytes());
+            let held: u64 = l.runs.iter().map(|r| r.len as u64).sum();
             assert_eq!(
-                blocks * BLOCK_SIZE as u64,
+                held * BLOCK_SIZE as u64,
                 self.raw_len,
                 "a layer's runs must add up to its bytes"
+            );
+            assert!(
+                l.runs.last().is_none_or(|r| r.end() <= l.blocks),
+                "a layer's runs must lie within its segment's length"
             );
         }
         let mut t = Trailer {
@@ -772,8 +788,9 @@ impl ObjectLayout {
             ));
         }
         let t = Trailer::from_bytes(name, &tail[tail.len() - TRAILER_LEN..])?;
-        let nruns = t.layer.map_or(0, |l| l.runs as u64);
-        let expect_len = (t.frame_count as u64) * FOOTER_ENTRY_LEN as u64 + nruns * RUN_LEN as u64;
+        // A layer's runs, and its segment length entry.
+        let layer_len = t.layer.map_or(0, |l| (l.runs as u64 + 1) * RUN_LEN as u64);
+        let expect_len = (t.frame_count as u64) * FOOTER_ENTRY_LEN as u64 + layer_len;
         if t.footer_len as u64 != expect_len
             || t.footer_offset + t.footer_len as u64 + TRAILER_LEN as u64 != object_len
             || t.footer_offset < LEAD_LEN
@@ -875,9 +892,12 @@ impl ObjectLayout {
     }
 }
 
-/// A layer's runs from its footer, checked: ascending, apart, none empty,
-/// adding up to the object's raw length.
+/// A layer's runs and segment length from its footer, checked: runs
+/// ascending, apart, none empty, adding up to the object's raw length,
+/// within the length.
 fn parse_runs(name: &str, head: LayerHead, bytes: &[u8], raw_len: u64) -> Result<LayerIndex> {
+    let (bytes, tail) = bytes.split_at(bytes.len() - RUN_LEN);
+    let blocks = u32::from_le_bytes(tail[0..4].try_into().unwrap());
     let runs: Vec<BlockRun> = bytes
         .chunks_exact(RUN_LEN)
         .map(|b| BlockRun {
@@ -886,7 +906,7 @@ fn parse_runs(name: &str, head: LayerHead, bytes: &[u8], raw_len: u64) -> Result
         })
         .collect();
     let mut end = 0u64;
-    let mut blocks = 0u64;
+    let mut held = 0u64;
     for (i, r) in runs.iter().enumerate() {
         if r.len == 0 || r.start.checked_add(r.len).is_none() || (i > 0 && (r.start as u64) < end) {
             return Err(Error::corrupt(
@@ -895,15 +915,21 @@ fn parse_runs(name: &str, head: LayerHead, bytes: &[u8], raw_len: u64) -> Result
             ));
         }
         end = r.end() as u64;
-        blocks += r.len as u64;
+        held += r.len as u64;
     }
-    if blocks * BLOCK_SIZE as u64 != raw_len {
+    if held * BLOCK_SIZE as u64 != raw_len {
         return Err(Error::corrupt(
             name,
             "the layer's block runs do not add up to its raw length",
         ));
     }
-    Ok(LayerIndex::new(head, runs))
+    if end > blocks as u64 || tail[4..8] != [0; 4] {
+        return Err(Error::corrupt(
+            name,
+            "the layer's segment length is inconsistent with its runs",
+        ));
+    }
+    Ok(LayerIndex::new(head, runs, blocks))
 }
 
 /// Decodes a whole in-memory object and checks the whole-file checksum.
@@ -1014,6 +1040,7 @@ mod tests {
                 .iter()
                 .map(|&(start, len)| BlockRun { start, len })
                 .collect(),
+            blocks: 200,
         }
     }
 
@@ -1048,7 +1075,8 @@ mod tests {
             );
             let idx = layout_of("seg/l", &obj, &keys).layer.unwrap();
             assert_eq!(idx.runs, l.runs);
-            assert_eq!(idx.blocks(), 6);
+            assert_eq!(idx.blocks, 200);
+            assert_eq!(idx.held(), 6);
             assert_eq!(idx.find(0), None);
             assert_eq!(idx.find(2), Some((0, 1)));
             assert_eq!(idx.find(3), None);

@@ -89,6 +89,7 @@ mod tests {
         let layer = Layer {
             base: [1; 16],
             seq: 1,
+            blocks: runs.last().map_or(0, |r| r.end()),
             runs,
         };
         let keys = KeyRing::none();

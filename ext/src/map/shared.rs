@@ -93,6 +93,9 @@ pub fn seg_info(m: &ForkMap, s: &SegmentMeta) -> SegInfo {
     }
 }
 
+// One limit for the shared map (C) and the maps the storage core builds.
+const _: () = assert!(MAX_LAYERS == yezzey_storage::state::map::MAX_LAYERS);
+
 /// A segment's layers as the shared map holds them (a map never has more
 /// than `YZ_MAX_LAYERS`: re-offloads merge them before).
 fn layer_infos(layers: &[LayerMeta]) -> [LayerInfo; MAX_LAYERS] {

@@ -1,6 +1,7 @@
 //! Map files: one file per offloaded relation fork, saying which leading
-//! blocks of each segment file are served from which object; and the
-//! manifest, the list of forks that have one.
+//! blocks of each segment file are served from which objects (a base
+//! object and the layers re-offloads put over it, [`crate::layers`]); and
+//! the manifest, the list of forks that have one.
 //!
 //! While the server runs, its shared-memory map is the authority (WAL
 //! records change it first); the map files are its durable image, which
@@ -58,6 +59,10 @@ pub struct SegmentMeta {
 fn written_default() -> bool {
     true
 }
+
+/// The most layers a segment may have (`YZ_MAX_LAYERS` of the shared map,
+/// which the extension checks this against when it builds).
+pub const MAX_LAYERS: usize = 8;
 
 /// A layer object over a segment's base ([`crate::format`]'s layer
 /// objects: its runs say which blocks it holds).

@@ -20,9 +20,13 @@
 //! favour of the writers given first (this cluster, then its parent); if
 //! that does not decide, the repair refuses and names them. A segment's
 //! layers are the layer objects whose trailer names its base, numbered
-//! 1, 2, ... without a gap or a repeat (else the repair refuses, naming
-//! them: a layer from a re-offload that crashed before its record would
-//! otherwise be taken for a real one).
+//! 1, 2, ... without a gap or a repeat, and no more than a map holds (else
+//! the repair refuses, naming them). A layer left by a re-offload that
+//! crashed before its record, numbered after the last real one, is taken
+//! for a real one: harmless, since it holds copies of pages that stayed
+//! local (the crash came before they were freed), which reads look at
+//! first; a later re-offload's layer of the same number makes the repair
+//! refuse until the leftover is deleted.
 use super::map::{ForkMap, LayerMeta, SegmentMeta};
 use crate::key::{Lsn, MemberId, ObjectId, RelFork, BLOCK_SIZE};
 use crate::names::{self, ObjectName};
@@ -36,8 +40,8 @@ pub struct Candidate {
     pub name: ObjectName,
     pub stored_len: u64,
     pub raw_len: u64,
-    /// A layer object's base, place among its layers and the end of the
-    /// blocks it holds ([`crate::format::LayerHead`]).
+    /// A layer object's base, place among its layers and the segment's
+    /// length in blocks when it was written ([`crate::format::Layer`]).
     pub layer: Option<(ObjectId, u32, u32)>,
 }
 
@@ -98,10 +102,10 @@ pub async fn candidates(
                     name,
                     stored_len: o.size,
                     raw_len: l.trailer.raw_len,
-                    layer: l.layer.as_ref().map(|i| {
-                        let end = i.runs.last().map_or(0, |r| r.end());
-                        (ObjectId(i.head.base), i.head.seq, end)
-                    }),
+                    layer: l
+                        .layer
+                        .as_ref()
+                        .map(|i| (ObjectId(i.head.base), i.head.seq, i.blocks)),
                 }),
                 Err(e) => skipped.push(format!("{}: {e}", o.name)),
             }
@@ -156,9 +160,10 @@ pub fn rebuild(
             .filter(|c| c.layer.is_some_and(|l| l.0 == base.name.object_id))
             .collect();
         over.sort_by_key(|c| c.layer.map(|l| l.1));
-        let numbered = over.iter().enumerate().all(|(i, c)| {
-            c.layer.is_some_and(|l| l.1 == i as u32 + 1) && c.name.writer == base.name.writer
-        });
+        let numbered = over.len() <= super::map::MAX_LAYERS
+            && over.iter().enumerate().all(|(i, c)| {
+                c.layer.is_some_and(|l| l.1 == i as u32 + 1) && c.name.writer == base.name.writer
+            });
         if !numbered {
             ambiguous.push((segno, over.iter().map(|c| c.name.relative()).collect()));
             continue;
@@ -191,11 +196,13 @@ pub fn rebuild(
         segments: chosen
             .iter()
             .map(|(c, over)| {
+                // The segment's length: the newest layer's, which a
+                // truncation may have made shorter than the base.
                 let base_blocks = (c.raw_len / BLOCK_SIZE as u64) as u32;
-                let layer_end = over.iter().filter_map(|l| l.layer.map(|l| l.2)).max();
+                let newest = over.last().and_then(|l| l.layer).map(|l| l.2);
                 SegmentMeta {
                     segno: c.name.segment.segfile,
-                    blocks: layer_end.map_or(base_blocks, |e| e.max(base_blocks)),
+                    blocks: newest.unwrap_or(base_blocks),
                     object_id: c.name.object_id,
                     raw_len: c.raw_len,
                     stored_len: c.stored_len,
@@ -263,10 +270,11 @@ mod tests {
             ids,
             vec![ObjectId([1; 16]), ObjectId([11; 16]), ObjectId([12; 16])]
         );
-        assert_eq!(
-            s.blocks, 9,
-            "the range reaches the end of the last layer's blocks"
-        );
+        assert_eq!(s.blocks, 9, "the newest layer's length");
+        // A segment truncated since its base (3 blocks) to 2.
+        let c2 = vec![cand(1, 0, 1), layer(0, 11, 1, 1, 2)];
+        let m = rebuild(KEY, &c2, &HashSet::new(), &[MemberId(1)], |_| 0, 0).unwrap();
+        assert_eq!(m.segments[0].blocks, 2);
         // A gap or a repeat in the numbers is refused.
         for extra in [layer(0, 13, 1, 2, 9), layer(0, 13, 1, 4, 9)] {
             let mut c = c.clone();
