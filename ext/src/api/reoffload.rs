@@ -1,5 +1,6 @@
 //! Re-offloading a relation that changed since its offload: only the
-//! segments with anything local are uploaded again, with no load back.
+//! blocks that are local are uploaded, as a layer over each segment's
+//! objects (or the segment merged into a new object), with no load back.
 //! Reached through `yezzey_offload_relation` on a relation that is
 //! offloaded already (`offload.rs` takes the lock and the checks).
 //!
@@ -7,16 +8,20 @@
 //!   1. note the WAL insert position (the new *clean LSN*), flush the
 //!      relation's dirty buffers, then read the fork's live map (the flush
 //!      marks the segments whose pages it writes);
-//!   2. plan ([`yezzey_storage::state::reoffload`]): segments written
-//!      since, grown past their object's range, or new get a new object;
-//!      the others keep theirs; objects of rewritten or vanished segments
-//!      are *superseded*;
+//!   2. plan ([`yezzey_storage::state::reoffload`]): a segment written
+//!      since or grown past its objects' range gets a *layer* of its
+//!      local blocks (found in its local file: the pages that are not
+//!      holes, and every block past that range), or is *merged* (rewritten
+//!      whole, as is a new segment) past `yezzey.max_layers` or once its
+//!      layers would hold half its blocks; the others keep their objects;
+//!      objects of merged or vanished segments are *superseded*;
 //!   3. hold the new objects and the superseded ones in the shared map's
 //!      retiring list (garbage collection keeps them; nothing uploaded
 //!      yet if that fails);
-//!   4. upload each rewritten segment as one object, copying its pages
-//!      through the buffer manager: each page as PostgreSQL has it, local
-//!      or read from the old object, never torn by a reader writing it out;
+//!   4. upload each merged segment as one object and each layer as one
+//!      object of its blocks, copying the pages through the buffer
+//!      manager: each page as PostgreSQL has it, local or (merging) read
+//!      from the old objects, never torn by a reader writing it out;
 //!   5. stage the new map beside the live one (refused, before anything
 //!      is logged, past `yezzey.max_map_memory`);
 //!   6. once every relation of the command got this far (so that the lock
@@ -28,9 +33,20 @@
 //!      whether the lock is held) and make the staged map live, as one
 //!      step (`wal.rs`: the point of no return); then retire the
 //!      superseded objects at the record;
-//!   8. with the lock, free the local pages of the rewritten segments that
-//!      the new objects hold (LSN at most the clean LSN); let go of the
+//!   8. with the lock, free the local pages of the segments it uploaded
+//!      that their objects hold (LSN at most the clean LSN); let go of the
 //!      lock; write the map file.
+//!
+//! **Why a layer holds all it must.** The newest layer holding a block
+//! serves it ([`yezzey_storage::layers`]). A page changed since the
+//! segment's objects were written reached the local file by step 1 (the
+//! flush), so step 2 finds it; a page of the objects' range that is a
+//! hole there is the objects' page (hint bits aside: the storage manager
+//! drops write-outs of pages no newer than the clean LSN); and every block
+//! past that range is in the layer whatever it holds, so no older object's
+//! copy of a block the relation lost and grew back (truncation) shows
+//! through. A page written after step 2 has an LSN past the new clean LSN
+//! (or it is the objects' page with hint bits): step 8 keeps it local.
 //!
 //! **If a step fails.** Before 7 the re-offload aborts: the uploaded
 //! objects are deleted, the staged map and the holds dropped (also when
@@ -263,6 +279,7 @@ impl<'a> Job<'a> {
             base: s.object_id.0,
             seq: s.layers.len() as u32,
             runs,
+            blocks: s.blocks,
         };
         let up = super::offload::upload_segment(self.storage, t, s.segno, (k, n), true, || {
             super::offload::upload_runs(
