@@ -7,6 +7,7 @@ backups and GC follow.
 Every check compares full-table checksums with a local mirror (the same
 rows, changed by the same statements, never offloaded), and amcheck.
 """
+import os
 import random
 import subprocess
 import time
@@ -197,6 +198,47 @@ class Reoffload(unittest.TestCase):
         MAIN.q("SELECT * FROM yezzey_load_relation('ap')")
         self.assertEqual(MAIN.status("ap")[0], "local")
         self.same(MAIN, "ap", "loaded back")
+
+    def test_truncated_and_grown_back_then_repaired(self):
+        """A table whose end VACUUM truncated, then grown back past it,
+        offloaded again after each: the layers hold the blocks it grew
+        back, so no older object's copy of the truncated end shows through
+        (deleted rows would come back); and a map rebuilt from the objects
+        alone (its file deleted) takes the newest layer's length."""
+        self.mirrored("tg", rows=200_000)
+        size = "SELECT logical_bytes FROM yezzey_relation_status('tg')"
+        before = int(MAIN.q(size))
+        for t in ("tg", "tg_m"):
+            MAIN.q(f"DELETE FROM {t} WHERE id > 120000; VACUUM {t}")
+        truncated = int(MAIN.q(size))
+        self.assertLess(truncated, before)
+        reoffload(MAIN, "tg")
+        self.same(MAIN, "tg", "truncated")
+        for t in ("tg", "tg_m"):
+            MAIN.q(f"INSERT INTO {t} SELECT g, date '2024-01-01', 1.5, md5(g::text) "
+                   f"FROM generate_series(500000, 520000) g; VACUUM (FREEZE) {t}")
+        reoffload(MAIN, "tg")
+        now = int(MAIN.q(size))
+        self.assertTrue(truncated < now < before, "grown back part of the way")
+        self.assertEqual(layers(MAIN, "tg"), [2])
+        self.assertEqual(MAIN.status("tg"), ("offloaded", 0))
+        self.same(MAIN, "tg", "grown back")
+        MAIN.restart(wipe_cache=True)
+        self.same(MAIN, "tg", "after a restart with an empty cache")
+        self.assertTrue(heap_and_index_ok(MAIN, "tg"))
+        # The map file lost: rebuilt from the objects, layers included.
+        MAIN.q("CHECKPOINT")
+        rel = MAIN.q("SELECT pg_relation_filenode('tg')")
+        maps = os.path.join(MAIN.data, "pg_yezzey", "map")
+        path = next(os.path.join(maps, f) for f in os.listdir(maps)
+                    if f.split("_")[2:3] == [rel] and f.endswith("_0.json"))
+        MAIN.stop()
+        os.remove(path)
+        MAIN.start()
+        self.assertEqual(MAIN.q("SELECT outcome FROM yezzey_repair_maps()"), "rebuilt from the store")
+        self.assertEqual(layers(MAIN, "tg"), [2])
+        self.same(MAIN, "tg", "map rebuilt from the store")
+        self.assertTrue(heap_and_index_ok(MAIN, "tg"))
 
     def test_readers_during_a_reoffload(self):
         """Queries running all along a re-offload (setting hint bits,
