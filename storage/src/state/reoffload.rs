@@ -208,22 +208,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn written_and_grown_segments_get_layers_of_their_local_blocks() {
+    /// Plans, with `policy`, a re-offload of a map of three segments (one
+    /// unchanged, one written, one grown) by the fork with a new fourth.
+    fn unchanged_written_grown_and_new(policy: Policy) -> (ForkMap, Plan) {
         let old = map(vec![
             seg(0, 131072, 1, false),
             seg(1, 131072, 2, true),
             seg(2, 10, 3, false),
         ]);
-        let p = plan(
-            &old,
-            &[(0, 131072), (1, 131072), (2, 12), (3, 5)],
-            MemberId(7),
-            LAYERS,
-            local,
-            ids(),
-        )
-        .unwrap();
+        let now = [(0, 131072), (1, 131072), (2, 12), (3, 5)];
+        let p = plan(&old, &now, MemberId(7), policy, local, ids()).unwrap();
+        (old, p)
+    }
+
+    #[test]
+    fn written_and_grown_segments_get_layers_of_their_local_blocks() {
+        let (old, p) = unchanged_written_grown_and_new(LAYERS);
         assert_eq!(p.rewrite, vec![3], "a new segment is a new base");
         assert_eq!(
             p.layer,
@@ -246,20 +246,7 @@ mod tests {
 
     #[test]
     fn without_layers_written_and_grown_segments_are_rewritten() {
-        let old = map(vec![
-            seg(0, 131072, 1, false),
-            seg(1, 131072, 2, true),
-            seg(2, 10, 3, false),
-        ]);
-        let p = plan(
-            &old,
-            &[(0, 131072), (1, 131072), (2, 12), (3, 5)],
-            MemberId(7),
-            WHOLE,
-            local,
-            ids(),
-        )
-        .unwrap();
+        let (old, p) = unchanged_written_grown_and_new(WHOLE);
         assert_eq!(p.rewrite, vec![1, 2, 3]);
         assert!(p.layer.is_empty());
         assert!(p.map.segments[1..]
