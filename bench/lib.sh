@@ -42,6 +42,15 @@ start_cluster_and_garage() {
     trap 'bash "$S/pg.sh" stop >/dev/null 2>&1; bash "$S/garage.sh" stop >/dev/null 2>&1' EXIT
 }
 val() { psql -XAtq -v ON_ERROR_STOP=1 "$@"; }
+# create_bench_ms: yezzey, and bench_ms(q, n): the milliseconds running
+# query q n times takes, measured in the server.
+create_bench_ms() {
+    val -c "CREATE EXTENSION yezzey" -c "
+CREATE FUNCTION bench_ms(q text, n int DEFAULT 1) RETURNS float LANGUAGE plpgsql AS \$\$
+DECLARE t0 timestamptz := clock_timestamp(); BEGIN
+  FOR i IN 1..n LOOP EXECUTE q; END LOOP;
+  RETURN extract(epoch FROM clock_timestamp() - t0) * 1000; END \$\$;"
+}
 drop_caches() {
     sync
     echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || echo "(could not drop the OS page cache: not root?)" >&2

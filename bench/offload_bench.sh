@@ -25,11 +25,8 @@ timed() {
 }
 
 echo "# offload benchmark: $ROWS rows, $ROUNDS rounds, $(nproc) cores, $(date -u +%F)"
-val -c "CREATE EXTENSION yezzey" -c "
-CREATE FUNCTION bench_ms(q text, n int DEFAULT 1) RETURNS float LANGUAGE plpgsql AS \$\$
-DECLARE t0 timestamptz := clock_timestamp(); BEGIN
-  FOR i IN 1..n LOOP EXECUTE q; END LOOP;
-  RETURN extract(epoch FROM clock_timestamp() - t0) * 1000; END \$\$;
+create_bench_ms
+val -c "
 CREATE FUNCTION bench_points(t text, n int) RETURNS float LANGUAGE plpgsql AS \$\$
 DECLARE t0 timestamptz := clock_timestamp(); m bigint; r numeric; BEGIN
   EXECUTE format('SELECT max(id) FROM %I', t) INTO m;

@@ -16,10 +16,7 @@ start_cluster_and_garage
 mb() { awk -v b="$1" 'BEGIN{printf "%.1f", b / 1048576}'; }
 
 echo "# re-offload benchmark: $ROWS rows, $ROUNDS rounds, $(nproc) cores, $(date -u +%F), $(git -C "$YZ_ROOT" rev-parse --short HEAD)"
-val -c "CREATE EXTENSION yezzey" -c "
-CREATE FUNCTION bench_ms(q text) RETURNS float LANGUAGE plpgsql AS \$\$
-DECLARE t0 timestamptz := clock_timestamp(); BEGIN
-  EXECUTE q; RETURN extract(epoch FROM clock_timestamp() - t0) * 1000; END \$\$;"
+create_bench_ms
 { realistic_rows_sql t "$ROWS"; cat <<SQL
 ALTER TABLE t ADD PRIMARY KEY (id);
 CREATE TABLE t_fresh (LIKE t);
