@@ -16,7 +16,7 @@ import unittest
 import yz
 from yz import MAIN, make_table
 
-ROWS = 700_000
+ROWS = 2_000_000
 
 
 def change(c, table, r):
@@ -264,10 +264,11 @@ class Reoffload(unittest.TestCase):
         self.assertTrue(heap_and_index_ok(MAIN, "busy"))
 
     def test_crash_at_each_step_and_at_random_moments(self):
-        """kill -9 at each step of a re-offload and at random moments of
-        one: afterwards the rows are the mirror's, the relation offloaded
-        or partially offloaded, offloading again finishes, and GC finds
-        every object a killed upload left."""
+        """kill -9 at each step of a re-offload that adds a layer and of one
+        that merges, and at random moments of both: afterwards the rows are
+        the mirror's, the relation offloaded or partially offloaded,
+        offloading again finishes, and GC finds every object a killed
+        upload left."""
         self.mirrored("cr", rows=400_000)
         MAIN.q("CHECKPOINT")
         # How long a re-offload takes, to pick moments within it.
@@ -276,25 +277,29 @@ class Reoffload(unittest.TestCase):
         MAIN.q("SELECT * FROM yezzey_offload_relation('cr')")
         took = time.time() - t0
         outcomes = []
-        moments = [("point", p) for p in ("before_upload", "after_upload", "after_wal", "mid_reoffload_evict")]
-        moments += [("at", random.uniform(0, took * 1.1)) for _ in range(3)]
-        for r, (kind, what) in enumerate(moments, start=2):
+        # Each killed re-offload adds a layer, or merges (yezzey.max_layers 0).
+        points = ("before_upload", "after_upload", "after_wal", "mid_reoffload_evict")
+        moments = [("point", p, merge) for merge in (False, True) for p in points]
+        moments += [("at", random.uniform(0, took * 1.1), i % 2 == 1) for i in range(4)]
+        for r, (kind, what, merge) in enumerate(moments, start=2):
             change(MAIN, "cr", r)
+            max_layers = 0 if merge else 8
             if kind == "point":
-                res = MAIN.psql(f"SET yezzey.fault_injection = '{what}'; "
+                res = MAIN.psql(f"SET yezzey.fault_injection = '{what}'; SET yezzey.max_layers = {max_layers}; "
                                 "SELECT * FROM yezzey_offload_relation('cr')", check=False)
                 self.assertNotEqual(res.returncode, 0, f"fault {what} did not fire")
                 MAIN.crash()
             else:
-                p = yz.offload_in_background(MAIN, "cr")
+                p = yz.offload_in_background(MAIN, "cr", f"-c yezzey.max_layers={max_layers}")
                 time.sleep(what)
                 MAIN.crash()
                 p.wait()
                 what = f"{what:.2f}s"
+            what += " merging" if merge else " layering"
             res = MAIN.start(check=False)
             self.assertEqual(res.returncode, 0, f"start failed after a kill at {what}{MAIN.log_tail()}")
             state = MAIN.status("cr")[0]
-            outcomes.append((what, state))
+            outcomes.append((what, state, layers(MAIN, "cr")))
             self.assertIn(state, ("offloaded", "partially offloaded"), what)
             self.same(MAIN, "cr", f"after a kill at {what}")
             MAIN.q("SELECT * FROM yezzey_offload_relation('cr')")
@@ -303,7 +308,7 @@ class Reoffload(unittest.TestCase):
             self.same(MAIN, "cr", f"kill at {what}, offloaded again, restarted")
             self.assertTrue(heap_and_index_ok(MAIN, "cr"), what)
             self.assert_no_garbage_after_gc()
-        print(f"\n  a re-offload took {took:.2f}s; kills and outcomes: {outcomes}")
+        print(f"\n  a re-offload took {took:.2f}s; kills, outcomes and layers: {outcomes}")
 
     def test_refused_before_the_record_leaves_it_as_it_was(self):
         """A re-offload refused for want of map memory (after uploading,

@@ -246,11 +246,13 @@ def offloaded_files_of_database(c, oid):
     return int(c.q(f"SELECT count(*) FROM yezzey_segments() WHERE database = {oid}"))
 
 
-def offload_in_background(c, table):
-    """Starts offloading a table in another session; returns the process."""
+def offload_in_background(c, table, options=""):
+    """Starts offloading a table in another session (with `options`, as
+    PGOPTIONS gives them); returns the process."""
     return subprocess.Popen(["psql", "-XAtq", "-p", str(c.port), "-c",
                              f"SELECT * FROM yezzey_offload_relation('{table}')"],
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env=dict(ENV, PGOPTIONS=options), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def make_wide_table(c, name, rows, db="postgres"):

@@ -6,7 +6,7 @@
 //! |---------|---------|---------------------------|--------------------------------------|
 //! | offload | OFFLOAD | the fork's pending map goes live | free what the objects hold locally; map file |
 //! | forget  | FORGET  | the fork leaves; its objects retire | retired records (its map file goes at the next checkpoint) |
-//! | re-offload | REOFFLOAD | the fork's staged map replaces its live one; the objects it no longer names retire | free what the new objects hold locally; map file |
+//! | re-offload | REOFFLOAD (REOFFLOAD_LAYERS if its maps name layers) | the fork's staged map replaces its live one; the objects it no longer names retire | free what the new objects hold locally; map file |
 //!
 //! **The failure policy.**
 //! 1. *Before the record* every failure aborts the switch: nothing is
