@@ -246,7 +246,7 @@ mod tests {
 
     #[test]
     fn without_layers_written_and_grown_segments_are_rewritten() {
-        let (old, p) = unchanged_written_grown_and_new(WHOLE);
+        let (_, p) = unchanged_written_grown_and_new(WHOLE);
         assert_eq!(p.rewrite, vec![1, 2, 3]);
         assert!(p.layer.is_empty());
         assert!(p.map.segments[1..]
